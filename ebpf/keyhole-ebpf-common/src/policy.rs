@@ -1,0 +1,1 @@
+//! Types of the gateway's policy filter maps.

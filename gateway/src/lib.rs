@@ -1,0 +1,4 @@
+//! Keyhole gateway library: the pieces the `keyhole-gateway` binary and the
+//! netns tests share.
+
+pub mod policy;
