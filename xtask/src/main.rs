@@ -1,1 +1,36 @@
-fn main() {}
+//! `cargo xtask`: Keyhole's project commands. Every command except `setup`
+//! runs the set-up first, so a fresh machine needs nothing else.
+
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what the project needs (Debian packages, toolchain
+    /// components, bpf-linker); idempotent and quiet when all is there.
+    Setup,
+    /// Run every check and test: fmt, clippy, unit and netns tests.
+    Test(test::TestArgs),
+    /// Start the system on this machine and show it working.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args.command {
+        Command::Setup => setup::run().map(|_| ()),
+        Command::Test(a) => test::run_cmd(a),
+        Command::Demo(a) => demo::run_cmd(a),
+    }
+}

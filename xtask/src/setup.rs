@@ -1,0 +1,186 @@
+//! `cargo xtask setup`: makes a fresh machine of this kind ready, and says
+//! nothing when it already is.
+//!
+//! - Debian packages the tests and demo use (real peers and tools).
+//! - Components of the pinned toolchain (RUSTUP_AUTO_INSTALL=0 on these
+//!   machines, so rust-toolchain.toml alone doesn't add them).
+//! - bpf-linker, built once per machine and toolchain against the
+//!   toolchain's own libLLVM (Debian has no LLVM 22) and cached.
+
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use keyhole_ebpf_build::{TOOLCHAIN, bpf_linker_root, tools_cache_dir};
+
+use crate::cmd::{output, run as run_cmd};
+
+/// Debian packages the project needs, and why.
+const PACKAGES: &[&str] = &[
+    "iproute2",        // ip netns, veth, routes
+    "iputils-ping",    // real ICMP in netns tests
+    "nftables",        // NAT routers in tests, gateway NAT
+    "iperf3",          // throughput benchmarks
+    "netcat-openbsd",  // ad-hoc TCP/UDP in tests
+    "procps",          // pkill/ps in cleanup
+    "wireguard-tools", // `wg`: interop and kernel-backend checks
+    "wireguard-go",    // reference userspace WireGuard peer
+    "coturn",          // reference TURN server and turnutils_uclient
+    "bpftool",         // inspecting loaded programs and maps
+    "postgresql",      // the scale-out store
+    "kmod",            // depmod for the VM initramfs
+    "busybox-static",  // VM initramfs
+    "qemu-system-x86", // kernel-WireGuard VM tests
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// What set-up established, for other commands.
+pub struct Setup {
+    #[allow(dead_code)]
+    pub bpf_linker: PathBuf,
+}
+
+pub fn run() -> anyhow::Result<Setup> {
+    packages()?;
+    toolchain_components()?;
+    let bpf_linker = bpf_linker()?;
+    Ok(Setup { bpf_linker })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn packages() -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    for p in PACKAGES {
+        let status = Command::new("dpkg-query")
+            .args(["-W", "-f=${Status}", p])
+            .output()
+            .context("dpkg-query not found: this set-up expects Debian")?;
+        if !String::from_utf8_lossy(&status.stdout).contains("install ok installed") {
+            missing.push(*p);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {missing:?}; run `cargo xtask setup` as root \
+             (or `apt-get install {}`)",
+            missing.join(" ")
+        );
+    }
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    // Quiet unless it fails (output() puts the whole log in the error).
+    output(Command::new("apt-get").args(["update", "-qq"]))?;
+    output(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing),
+    )?;
+    Ok(())
+}
+
+fn toolchain_components() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        TOOLCHAIN,
+    ]))?;
+    let missing: Vec<&str> = ["rust-src", "rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: adding toolchain components: {}", missing.join(" "));
+    run_cmd(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", TOOLCHAIN])
+            .args(&missing),
+    )
+}
+
+fn sysroot() -> anyhow::Result<PathBuf> {
+    let s = output(Command::new("rustup").args(["run", TOOLCHAIN, "rustc", "--print", "sysroot"]))?;
+    Ok(PathBuf::from(s.trim()))
+}
+
+/// The toolchain's libLLVM file, e.g. `libLLVM.so.22.1-rust-1.95.0-stable`.
+fn llvm_so(sysroot: &Path) -> anyhow::Result<String> {
+    let lib = sysroot.join("lib");
+    for e in fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if name.starts_with("libLLVM.so.") && name.contains("-rust-") {
+            return Ok(name);
+        }
+    }
+    bail!("no libLLVM.so.*-rust-* in {}", lib.display())
+}
+
+fn bpf_linker() -> anyhow::Result<PathBuf> {
+    let sysroot = sysroot()?;
+    let so = llvm_so(&sysroot)?;
+    let cache = tools_cache_dir().context("no cache dir: set HOME or KEYHOLE_TOOLS_DIR")?;
+    let root = bpf_linker_root(&cache, &so);
+    let bin = root.join("bin/bpf-linker");
+    if bin.is_file()
+        && Command::new(&bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        return Ok(bin);
+    }
+
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {so} \
+         (about 4 minutes, once per machine and toolchain)"
+    );
+    // bpf-linker's build links libLLVM from $LLVM_PREFIX/lib; point it at
+    // the toolchain's copy (the binary's RUNPATH keeps pointing there).
+    let prefix = root.join("llvm");
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib)?;
+    for link in ["libLLVM.so", so.as_str()] {
+        let p = lib.join(link);
+        let _ = fs::remove_file(&p);
+        symlink(sysroot.join("lib").join(&so), &p)
+            .with_context(|| format!("linking {}", p.display()))?;
+    }
+    let log = root.join("build.log");
+    let out = Command::new("rustup")
+        .args(["run", TOOLCHAIN, "cargo", "install", "bpf-linker"])
+        .args(["--version", BPF_LINKER_VERSION, "--locked", "--force"])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .arg("--root")
+        .arg(&root)
+        .arg("--target-dir")
+        .arg(root.join("build"))
+        .env("LLVM_PREFIX", &prefix)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .output()
+        .context("starting cargo install bpf-linker")?;
+    fs::write(
+        &log,
+        [out.stdout.as_slice(), out.stderr.as_slice()].concat(),
+    )?;
+    if !out.status.success() {
+        bail!("building bpf-linker failed; see {}", log.display());
+    }
+    let _ = fs::remove_dir_all(root.join("build"));
+    Ok(bin)
+}

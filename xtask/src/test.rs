@@ -1,0 +1,49 @@
+//! `cargo xtask test`: everything CI checks, in one command.
+
+use clap::Args;
+
+use crate::cmd::{Phases, cargo, run};
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Skip `cargo fmt --check` and clippy (a quicker local loop).
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Extra arguments passed to `cargo test` after `--` (e.g. a name filter).
+    #[arg(last = true)]
+    pub test_args: Vec<String>,
+}
+
+pub fn run_cmd(args: TestArgs) -> anyhow::Result<()> {
+    let mut phases = Phases::default();
+    let result = (|| {
+        phases.time("setup", || crate::setup::run().map(|_| ()))?;
+        if !args.no_lint {
+            phases.time("fmt", || run(cargo().args(["fmt", "--all", "--check"])))?;
+        }
+        phases.time("build", || {
+            run(cargo().args(["build", "--workspace", "--all-targets", "--locked"]))?;
+            run(cargo().args(["test", "--workspace", "--no-run", "--locked"]))
+        })?;
+        if !args.no_lint {
+            phases.time("clippy", || {
+                run(cargo().args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--locked",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]))
+            })?;
+        }
+        phases.time("tests", || {
+            run(cargo()
+                .args(["test", "--workspace", "--locked", "--"])
+                .args(&args.test_args))
+        })
+    })();
+    eprint!("{}", phases.summary());
+    result
+}
