@@ -3,6 +3,7 @@
 
 mod cmd;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -24,6 +25,8 @@ enum Command {
     Test(test::TestArgs),
     /// Start the system on this machine and show it working.
     Demo(demo::DemoArgs),
+    /// Run the cargo-fuzz targets in fuzz/.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +35,6 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run().map(|_| ()),
         Command::Test(a) => test::run_cmd(a),
         Command::Demo(a) => demo::run_cmd(a),
+        Command::Fuzz(a) => fuzz::run_cmd(a),
     }
 }

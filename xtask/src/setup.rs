@@ -49,6 +49,7 @@ pub fn run() -> anyhow::Result<Setup> {
     packages()?;
     toolchain_components()?;
     let bpf_linker = bpf_linker()?;
+    cargo_fuzz()?;
     Ok(Setup { bpf_linker })
 }
 
@@ -183,4 +184,29 @@ fn bpf_linker() -> anyhow::Result<PathBuf> {
     }
     let _ = fs::remove_dir_all(root.join("build"));
     Ok(bin)
+}
+
+/// cargo-fuzz (runs on the machine's nightly toolchain).
+fn cargo_fuzz() -> anyhow::Result<()> {
+    if Command::new("cargo-fuzz")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz");
+    output(
+        Command::new("rustup")
+            .args([
+                "run",
+                TOOLCHAIN,
+                "cargo",
+                "install",
+                "cargo-fuzz",
+                "--locked",
+            ])
+            .env_remove("CARGO_TARGET_DIR"),
+    )?;
+    Ok(())
 }

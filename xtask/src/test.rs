@@ -1,5 +1,7 @@
 //! `cargo xtask test`: everything CI checks, in one command.
 
+use std::time::Duration;
+
 use clap::Args;
 
 use crate::cmd::{Phases, cargo, run};
@@ -9,6 +11,9 @@ pub struct TestArgs {
     /// Skip `cargo fmt --check` and clippy (a quicker local loop).
     #[arg(long)]
     pub no_lint: bool,
+    /// Seconds each fuzz target runs (0 skips fuzzing).
+    #[arg(long, default_value_t = 20)]
+    pub fuzz_seconds: u64,
     /// Extra arguments passed to `cargo test` after `--` (e.g. a name filter).
     #[arg(last = true)]
     pub test_args: Vec<String>,
@@ -42,7 +47,13 @@ pub fn run_cmd(args: TestArgs) -> anyhow::Result<()> {
             run(cargo()
                 .args(["test", "--workspace", "--locked", "--"])
                 .args(&args.test_args))
-        })
+        })?;
+        if args.fuzz_seconds > 0 {
+            phases.time("fuzz", || {
+                crate::fuzz::run_all(Duration::from_secs(args.fuzz_seconds), None)
+            })?;
+        }
+        Ok(())
     })();
     eprint!("{}", phases.summary());
     result
