@@ -1,0 +1,272 @@
+//! RFC 5769 test vectors (exact bytes) and the RFC 8489 Appendix B.1
+//! MESSAGE-INTEGRITY-SHA256 vector as corrected by erratum 6268.
+
+use keyhole_stun::{
+    Attribute, Class, IntegrityError, IntegrityKind, Message, MessageBuilder, MessageType, Method,
+    TransactionId, auth::long_term_key, types,
+};
+
+const TID: [u8; 12] = [
+    0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae,
+];
+const SHORT_TERM_PASSWORD: &str = "VOkJxbRl1RmTxUk/WvJxBt";
+
+/// RFC 5769 §2.1 Sample Request.
+const SAMPLE_REQUEST: [u8; 108] = [
+    0x00, 0x01, 0x00, 0x58, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86,
+    0xfa, 0x87, 0xdf, 0xae, 0x80, 0x22, 0x00, 0x10, 0x53, 0x54, 0x55, 0x4e, 0x20, 0x74, 0x65, 0x73,
+    0x74, 0x20, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x00, 0x24, 0x00, 0x04, 0x6e, 0x00, 0x01, 0xff,
+    0x80, 0x29, 0x00, 0x08, 0x93, 0x2f, 0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36, 0x00, 0x06, 0x00, 0x09,
+    0x65, 0x76, 0x74, 0x6a, 0x3a, 0x68, 0x36, 0x76, 0x59, 0x20, 0x20, 0x20, 0x00, 0x08, 0x00, 0x14,
+    0x9a, 0xea, 0xa7, 0x0c, 0xbf, 0xd8, 0xcb, 0x56, 0x78, 0x1e, 0xf2, 0xb5, 0xb2, 0xd3, 0xf2, 0x49,
+    0xc1, 0xb5, 0x71, 0xa2, 0x80, 0x28, 0x00, 0x04, 0xe5, 0x7a, 0x3b, 0xcf,
+];
+
+/// RFC 5769 §2.2 Sample IPv4 Response.
+const SAMPLE_IPV4_RESPONSE: [u8; 80] = [
+    0x01, 0x01, 0x00, 0x3c, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86,
+    0xfa, 0x87, 0xdf, 0xae, 0x80, 0x22, 0x00, 0x0b, 0x74, 0x65, 0x73, 0x74, 0x20, 0x76, 0x65, 0x63,
+    0x74, 0x6f, 0x72, 0x20, 0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43,
+    0x00, 0x08, 0x00, 0x14, 0x2b, 0x91, 0xf5, 0x99, 0xfd, 0x9e, 0x90, 0xc3, 0x8c, 0x74, 0x89, 0xf9,
+    0x2a, 0xf9, 0xba, 0x53, 0xf0, 0x6b, 0xe7, 0xd7, 0x80, 0x28, 0x00, 0x04, 0xc0, 0x7d, 0x4c, 0x96,
+];
+
+/// RFC 5769 §2.3 Sample IPv6 Response.
+const SAMPLE_IPV6_RESPONSE: [u8; 92] = [
+    0x01, 0x01, 0x00, 0x48, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86,
+    0xfa, 0x87, 0xdf, 0xae, 0x80, 0x22, 0x00, 0x0b, 0x74, 0x65, 0x73, 0x74, 0x20, 0x76, 0x65, 0x63,
+    0x74, 0x6f, 0x72, 0x20, 0x00, 0x20, 0x00, 0x14, 0x00, 0x02, 0xa1, 0x47, 0x01, 0x13, 0xa9, 0xfa,
+    0xa5, 0xd3, 0xf1, 0x79, 0xbc, 0x25, 0xf4, 0xb5, 0xbe, 0xd2, 0xb9, 0xd9, 0x00, 0x08, 0x00, 0x14,
+    0xa3, 0x82, 0x95, 0x4e, 0x4b, 0xe6, 0x7b, 0xf1, 0x17, 0x84, 0xc9, 0x7c, 0x82, 0x92, 0xc2, 0x75,
+    0xbf, 0xe3, 0xed, 0x41, 0x80, 0x28, 0x00, 0x04, 0xc8, 0xfb, 0x0b, 0x4c,
+];
+
+/// RFC 5769 §2.4 Sample Request with Long-Term Authentication.
+const SAMPLE_LONG_TERM_REQUEST: [u8; 116] = [
+    0x00, 0x01, 0x00, 0x60, 0x21, 0x12, 0xa4, 0x42, 0x78, 0xad, 0x34, 0x33, 0xc6, 0xad, 0x72, 0xc0,
+    0x29, 0xda, 0x41, 0x2e, 0x00, 0x06, 0x00, 0x12, 0xe3, 0x83, 0x9e, 0xe3, 0x83, 0x88, 0xe3, 0x83,
+    0xaa, 0xe3, 0x83, 0x83, 0xe3, 0x82, 0xaf, 0xe3, 0x82, 0xb9, 0x00, 0x00, 0x00, 0x15, 0x00, 0x1c,
+    0x66, 0x2f, 0x2f, 0x34, 0x39, 0x39, 0x6b, 0x39, 0x35, 0x34, 0x64, 0x36, 0x4f, 0x4c, 0x33, 0x34,
+    0x6f, 0x4c, 0x39, 0x46, 0x53, 0x54, 0x76, 0x79, 0x36, 0x34, 0x73, 0x41, 0x00, 0x14, 0x00, 0x0b,
+    0x65, 0x78, 0x61, 0x6d, 0x70, 0x6c, 0x65, 0x2e, 0x6f, 0x72, 0x67, 0x00, 0x00, 0x08, 0x00, 0x14,
+    0xf6, 0x70, 0x24, 0x65, 0x6d, 0xd6, 0x4a, 0x3e, 0x02, 0xb8, 0xe0, 0x71, 0x2e, 0x85, 0xc9, 0xa2,
+    0x8c, 0xa8, 0x96, 0x66,
+];
+
+/// RFC 8489 Appendix B.1 with erratum 6268 applied (the published vector's
+/// HMAC does not verify): USERHASH, PASSWORD-ALGORITHM SHA-256,
+/// MESSAGE-INTEGRITY-SHA256.
+const RFC8489_B1_REQUEST: [u8; 164] = [
+    0x00, 0x01, 0x00, 0x90, 0x21, 0x12, 0xa4, 0x42, 0x78, 0xad, 0x34, 0x33, 0xc6, 0xad, 0x72, 0xc0,
+    0x29, 0xda, 0x41, 0x2e, 0x00, 0x1e, 0x00, 0x20, 0x4a, 0x3c, 0xf3, 0x8f, 0xef, 0x69, 0x92, 0xbd,
+    0xa9, 0x52, 0xc6, 0x78, 0x04, 0x17, 0xda, 0x0f, 0x24, 0x81, 0x94, 0x15, 0x56, 0x9e, 0x60, 0xb2,
+    0x05, 0xc4, 0x6e, 0x41, 0x40, 0x7f, 0x17, 0x04, 0x00, 0x15, 0x00, 0x29, 0x6f, 0x62, 0x4d, 0x61,
+    0x74, 0x4a, 0x6f, 0x73, 0x32, 0x41, 0x41, 0x41, 0x43, 0x66, 0x2f, 0x2f, 0x34, 0x39, 0x39, 0x6b,
+    0x39, 0x35, 0x34, 0x64, 0x36, 0x4f, 0x4c, 0x33, 0x34, 0x6f, 0x4c, 0x39, 0x46, 0x53, 0x54, 0x76,
+    0x79, 0x36, 0x34, 0x73, 0x41, 0x00, 0x00, 0x00, 0x00, 0x14, 0x00, 0x0b, 0x65, 0x78, 0x61, 0x6d,
+    0x70, 0x6c, 0x65, 0x2e, 0x6f, 0x72, 0x67, 0x00, 0x00, 0x1d, 0x00, 0x04, 0x00, 0x02, 0x00, 0x00,
+    0x00, 0x1c, 0x00, 0x20, 0xb5, 0xc7, 0xbf, 0x00, 0x5b, 0x6c, 0x52, 0xa2, 0x1c, 0x51, 0xc5, 0xe8,
+    0x92, 0xf8, 0x19, 0x24, 0x13, 0x62, 0x96, 0xcb, 0x92, 0x7c, 0x43, 0x14, 0x93, 0x09, 0x27, 0x8c,
+    0xc6, 0x51, 0x8e, 0x65,
+];
+
+const LT_USERNAME: &str = "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}";
+/// SASLprep("The\u{00AD}M\u{00AA}tr\u{2168}x") per RFC 5769 §2.4.
+const LT_PASSWORD_PREPPED: &str = "TheMatrIX";
+const LT_NONCE: &str = "f//499k954d6OL34oL9FSTvy64sA";
+const LT_REALM: &str = "example.org";
+
+#[test]
+fn sample_request_parses_and_verifies() {
+    let msg = Message::parse(&SAMPLE_REQUEST).unwrap();
+    assert_eq!(msg.class(), Class::Request);
+    assert_eq!(msg.method(), Method::BINDING);
+    assert_eq!(msg.transaction_id(), TransactionId(TID));
+    assert!(msg.has_fingerprint());
+    assert_eq!(
+        msg.get(types::SOFTWARE),
+        Some(&Attribute::Software("STUN test client"))
+    );
+    assert_eq!(msg.username(), Some("evtj:h6vY"));
+    assert_eq!(
+        msg.get(types::PRIORITY),
+        Some(&Attribute::Priority(0x6e0001ff))
+    );
+    assert_eq!(
+        msg.get(types::ICE_CONTROLLED),
+        Some(&Attribute::IceControlled(0x932ff9b151263b36))
+    );
+    assert!(msg.unknown_required().is_empty());
+    assert_eq!(
+        msg.verify_integrity(SHORT_TERM_PASSWORD.as_bytes()),
+        Ok(IntegrityKind::Sha1)
+    );
+    assert_eq!(
+        msg.verify_integrity(b"wrong"),
+        Err(IntegrityError::Mismatch)
+    );
+}
+
+#[test]
+fn sample_request_encodes_to_exact_bytes() {
+    let mut b = MessageBuilder::new(
+        MessageType::new(Class::Request, Method::BINDING),
+        TransactionId(TID),
+    )
+    .padding_byte(0x20);
+    b.add(&Attribute::Software("STUN test client")).unwrap();
+    b.add(&Attribute::Priority(0x6e0001ff)).unwrap();
+    b.add(&Attribute::IceControlled(0x932ff9b151263b36))
+        .unwrap();
+    b.add(&Attribute::Username("evtj:h6vY")).unwrap();
+    b.add_message_integrity(SHORT_TERM_PASSWORD.as_bytes())
+        .unwrap();
+    b.add_fingerprint().unwrap();
+    assert_eq!(b.finish(), SAMPLE_REQUEST);
+}
+
+fn sample_response(mapped: &str) -> Vec<u8> {
+    let mut b = MessageBuilder::new(
+        MessageType::new(Class::Success, Method::BINDING),
+        TransactionId(TID),
+    )
+    .padding_byte(0x20);
+    b.add(&Attribute::Software("test vector")).unwrap();
+    b.add(&Attribute::XorMappedAddress(mapped.parse().unwrap()))
+        .unwrap();
+    b.add_message_integrity(SHORT_TERM_PASSWORD.as_bytes())
+        .unwrap();
+    b.add_fingerprint().unwrap();
+    b.finish()
+}
+
+#[test]
+fn sample_ipv4_response_round_trips() {
+    let msg = Message::parse(&SAMPLE_IPV4_RESPONSE).unwrap();
+    assert_eq!(msg.class(), Class::Success);
+    assert_eq!(
+        msg.xor_mapped_address(),
+        Some("192.0.2.1:32853".parse().unwrap())
+    );
+    assert_eq!(
+        msg.get(types::SOFTWARE),
+        Some(&Attribute::Software("test vector"))
+    );
+    assert_eq!(
+        msg.verify_integrity(SHORT_TERM_PASSWORD.as_bytes()),
+        Ok(IntegrityKind::Sha1)
+    );
+    assert_eq!(sample_response("192.0.2.1:32853"), SAMPLE_IPV4_RESPONSE);
+}
+
+#[test]
+fn sample_ipv6_response_round_trips() {
+    let msg = Message::parse(&SAMPLE_IPV6_RESPONSE).unwrap();
+    assert_eq!(
+        msg.xor_mapped_address(),
+        Some(
+            "[2001:db8:1234:5678:11:2233:4455:6677]:32853"
+                .parse()
+                .unwrap()
+        )
+    );
+    assert_eq!(
+        msg.verify_integrity(SHORT_TERM_PASSWORD.as_bytes()),
+        Ok(IntegrityKind::Sha1)
+    );
+    assert_eq!(
+        sample_response("[2001:db8:1234:5678:11:2233:4455:6677]:32853"),
+        SAMPLE_IPV6_RESPONSE
+    );
+}
+
+#[test]
+fn long_term_request_round_trips() {
+    let key = long_term_key(LT_USERNAME, LT_REALM, LT_PASSWORD_PREPPED);
+    let msg = Message::parse(&SAMPLE_LONG_TERM_REQUEST).unwrap();
+    assert_eq!(msg.username(), Some(LT_USERNAME));
+    assert_eq!(msg.nonce(), Some(LT_NONCE));
+    assert_eq!(msg.realm(), Some(LT_REALM));
+    assert!(!msg.has_fingerprint());
+    assert_eq!(msg.verify_integrity(&key), Ok(IntegrityKind::Sha1));
+    // The unprepared password gives another key.
+    let raw = long_term_key(LT_USERNAME, LT_REALM, "The\u{00AD}M\u{00AA}tr\u{2168}x");
+    assert_eq!(msg.verify_integrity(&raw), Err(IntegrityError::Mismatch));
+
+    let tid = TransactionId(SAMPLE_LONG_TERM_REQUEST[8..20].try_into().unwrap());
+    let mut b = MessageBuilder::new(MessageType::new(Class::Request, Method::BINDING), tid);
+    b.add(&Attribute::Username(LT_USERNAME)).unwrap();
+    b.add(&Attribute::Nonce(LT_NONCE)).unwrap();
+    b.add(&Attribute::Realm(LT_REALM)).unwrap();
+    b.add_message_integrity(&key).unwrap();
+    assert_eq!(b.finish(), SAMPLE_LONG_TERM_REQUEST);
+}
+
+#[test]
+fn rfc8489_b1_sha256_vector_verifies() {
+    use sha2::{Digest, Sha256};
+    let msg = Message::parse(&RFC8489_B1_REQUEST).unwrap();
+    assert!(msg.unknown_required().is_empty());
+    assert_eq!(
+        msg.nonce(),
+        Some("obMatJos2AAACf//499k954d6OL34oL9FSTvy64sA")
+    );
+    assert_eq!(msg.realm(), Some(LT_REALM));
+    assert_eq!(
+        msg.get(types::PASSWORD_ALGORITHM),
+        Some(&Attribute::PasswordAlgorithm {
+            algorithm: 2,
+            params: &[]
+        })
+    );
+    // USERHASH = SHA-256(username ":" realm).
+    let userhash: [u8; 32] = Sha256::digest(format!("{LT_USERNAME}:{LT_REALM}")).into();
+    assert_eq!(
+        msg.get(types::USERHASH),
+        Some(&Attribute::Userhash(&userhash))
+    );
+    // With PASSWORD-ALGORITHM SHA-256 the key is SHA-256(user:realm:password).
+    let key: [u8; 32] =
+        Sha256::digest(format!("{LT_USERNAME}:{LT_REALM}:{LT_PASSWORD_PREPPED}")).into();
+    assert_eq!(msg.verify_integrity(&key), Ok(IntegrityKind::Sha256));
+    assert_eq!(
+        msg.verify_integrity(&[0u8; 32]),
+        Err(IntegrityError::Mismatch)
+    );
+
+    // And the builder reproduces it byte for byte.
+    let tid = TransactionId(RFC8489_B1_REQUEST[8..20].try_into().unwrap());
+    let mut b = MessageBuilder::new(MessageType::new(Class::Request, Method::BINDING), tid);
+    b.add(&Attribute::Userhash(&userhash)).unwrap();
+    b.add(&Attribute::Nonce(
+        "obMatJos2AAACf//499k954d6OL34oL9FSTvy64sA",
+    ))
+    .unwrap();
+    b.add(&Attribute::Realm(LT_REALM)).unwrap();
+    b.add(&Attribute::PasswordAlgorithm {
+        algorithm: 2,
+        params: &[],
+    })
+    .unwrap();
+    b.add_message_integrity_sha256(&key).unwrap();
+    assert_eq!(b.finish(), RFC8489_B1_REQUEST);
+}
+
+#[test]
+fn corrupted_vectors_are_rejected() {
+    // A flipped bit anywhere before FINGERPRINT breaks it.
+    let mut bad = SAMPLE_REQUEST;
+    bad[30] ^= 1;
+    assert!(matches!(
+        Message::parse(&bad),
+        Err(keyhole_stun::DecodeError::FingerprintMismatch)
+    ));
+    // A flipped bit in the long-term request breaks the HMAC.
+    let mut bad = SAMPLE_LONG_TERM_REQUEST;
+    bad[60] ^= 1;
+    let key = long_term_key(LT_USERNAME, LT_REALM, LT_PASSWORD_PREPPED);
+    assert_eq!(
+        Message::parse(&bad).unwrap().verify_integrity(&key),
+        Err(IntegrityError::Mismatch)
+    );
+}
