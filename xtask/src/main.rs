@@ -6,6 +6,7 @@ mod demo;
 mod fuzz;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the cargo-fuzz targets in fuzz/.
     Fuzz(fuzz::FuzzArgs),
+    /// Boot a qemu VM with kernel WireGuard and run scenarios in it.
+    VmTest(vm::VmArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(a) => test::run_cmd(a),
         Command::Demo(a) => demo::run_cmd(a),
         Command::Fuzz(a) => fuzz::run_cmd(a),
+        Command::VmTest(a) => vm::run_cmd(a),
     }
 }

@@ -48,6 +48,9 @@ pub fn run_cmd(args: TestArgs) -> anyhow::Result<()> {
                 .args(["test", "--workspace", "--locked", "--"])
                 .args(&args.test_args))
         })?;
+        phases.time("vm", || {
+            crate::vm::run_scenarios(None, Duration::from_secs(300))
+        })?;
         if args.fuzz_seconds > 0 {
             phases.time("fuzz", || {
                 crate::fuzz::run_all(Duration::from_secs(args.fuzz_seconds), None)
