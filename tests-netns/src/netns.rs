@@ -2,7 +2,8 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -74,6 +75,27 @@ impl Netns {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name, program])
             .args(os_args(args));
+        // Join the namespace before exec too: `spawn` returns only after the
+        // exec, so the process is in the namespace (and seen by `ip netns
+        // pids` when it drops) from then on, not only once `ip` got around to
+        // it. `ip netns exec` still adds its /sys and /etc/netns mounts.
+        match self.file.try_clone() {
+            Ok(ns) => {
+                let ns: OwnedFd = ns.into();
+                // SAFETY: setns is a plain syscall, async-signal-safe; the fd is
+                // owned by the closure and so open in the forked child.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
+            // Without the early join `ip netns exec` still does the job.
+            Err(e) => eprintln!("keyhole-tests-netns: dup netns fd of {}: {e}", self.name),
+        }
         cmd
     }
 

@@ -1,6 +1,7 @@
 //! Deleting namespaces, and sweeping those left behind by killed runs.
 
 use std::sync::Once;
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -12,6 +13,9 @@ use crate::naming::{NS_PREFIX, owner_pid};
 pub(crate) const NETNS_DIR: &str = "/run/netns";
 
 static FIRST_USE: Once = Once::new();
+
+/// Bound on kill-and-look-again rounds when emptying a namespace.
+const KILL_ROUNDS: usize = 100;
 
 /// Called before this process creates its first namespace.
 pub(crate) fn sweep_once() {
@@ -76,17 +80,26 @@ pub(crate) fn delete_namespace(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Repeats until the namespace is empty: a process may fork while we kill.
+/// Killed processes drop out of `ip netns pids` as soon as they are zombies.
 fn kill_all_in(name: &str) {
-    let Ok(pids) = run_host("ip", ["netns", "pids", name]) else {
-        return;
-    };
     let me = std::process::id();
-    for pid in pids
-        .split_whitespace()
-        .filter_map(|p| p.parse::<u32>().ok())
-    {
-        if pid != me {
+    for _ in 0..KILL_ROUNDS {
+        let Ok(pids) = run_host("ip", ["netns", "pids", name]) else {
+            return;
+        };
+        let pids: Vec<u32> = pids
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|&p| p != me)
+            .collect();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
+        std::thread::sleep(Duration::from_millis(5));
     }
+    eprintln!("keyhole-tests-netns: processes keep appearing in netns {name}; deleting it anyway");
 }
