@@ -8,7 +8,11 @@ use clap::{Parser, ValueEnum};
 #[command(name = "keyhole-gateway", version)]
 struct Args {
     /// Portal URL.
-    #[arg(long, env = "KEYHOLE_PORTAL_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "KEYHOLE_PORTAL_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     portal_url: String,
     /// Site token issued by the portal.
     #[arg(long, env = "KEYHOLE_TOKEN", hide_env_values = true)]

@@ -1,0 +1,213 @@
+//! The IO shell: loads the program, attaches it, and writes the table's
+//! plans to the kernel maps.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{SchedClassifier, TcAttachType},
+};
+use keyhole_ebpf_common::policy::{
+    AUTH_COUNTERS_MAP, AuthCounter, DEFAULT_MAX_ENTRIES, POLICY_V4_MAP, POLICY_V6_MAP, PolicyKeyV4,
+    PolicyKeyV6, RuleSet, VERDICT_COUNTERS_MAP, Verdict,
+};
+
+use super::{
+    Authorization, AuthorizationCounters, AuthorizationId, Change, GATEWAY_EBPF, MapOp,
+    PolicyError, PolicyTable, VerdictCounters, keys::TrieKey,
+};
+
+/// Name of the classifier in the object.
+const PROGRAM: &str = "keyhole_policy";
+
+/// The policy filter attached to one interface's ingress. Dropping it
+/// detaches the program (and frees its maps).
+pub struct PolicyFilter {
+    interface: String,
+    // Owns the program and its TCX link.
+    ebpf: Ebpf,
+    v4: LpmTrie<MapData, PolicyKeyV4, RuleSet>,
+    v6: LpmTrie<MapData, PolicyKeyV6, RuleSet>,
+    verdicts: PerCpuArray<MapData, u64>,
+    auth_counters: PerCpuArray<MapData, AuthCounter>,
+    table: PolicyTable,
+    cpus: usize,
+}
+
+impl std::fmt::Debug for PolicyFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyFilter")
+            .field("interface", &self.interface)
+            .field("authorizations", &self.table.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyFilter {
+    /// Loads the filter with room for [`DEFAULT_MAX_ENTRIES`] authorisations
+    /// and attaches it to `interface`'s ingress. With no authorisations yet
+    /// it drops every packet.
+    pub fn attach(interface: &str) -> Result<Self, PolicyError> {
+        Self::attach_with_capacity(interface, DEFAULT_MAX_ENTRIES)
+    }
+
+    /// As [`attach`](Self::attach), sizing each trie and the counter slots
+    /// for `capacity` entries (per-CPU counters cost 16 bytes × CPUs each).
+    pub fn attach_with_capacity(interface: &str, capacity: u32) -> Result<Self, PolicyError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(POLICY_V4_MAP, capacity)
+            .map_max_entries(POLICY_V6_MAP, capacity)
+            .map_max_entries(AUTH_COUNTERS_MAP, capacity)
+            .load(GATEWAY_EBPF)?;
+        let v4 = LpmTrie::try_from(take_map(&mut ebpf, POLICY_V4_MAP)?)
+            .map_err(map_err(POLICY_V4_MAP))?;
+        let v6 = LpmTrie::try_from(take_map(&mut ebpf, POLICY_V6_MAP)?)
+            .map_err(map_err(POLICY_V6_MAP))?;
+        let verdicts = PerCpuArray::try_from(take_map(&mut ebpf, VERDICT_COUNTERS_MAP)?)
+            .map_err(map_err(VERDICT_COUNTERS_MAP))?;
+        let auth_counters = PerCpuArray::try_from(take_map(&mut ebpf, AUTH_COUNTERS_MAP)?)
+            .map_err(map_err(AUTH_COUNTERS_MAP))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| PolicyError::Map {
+            name: AUTH_COUNTERS_MAP,
+            source: MapError::IoError(e),
+        })?;
+
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(PolicyError::Missing("keyhole_policy program"))?
+            .try_into()?;
+        program.load()?;
+        program.attach(interface, TcAttachType::Ingress)?;
+        tracing::info!(interface, capacity, "policy filter attached");
+        Ok(Self {
+            interface: interface.to_owned(),
+            ebpf,
+            v4,
+            v6,
+            verdicts,
+            auth_counters,
+            table: PolicyTable::new(capacity, capacity),
+            cpus,
+        })
+    }
+
+    /// The interface the filter is attached to.
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// The kernel's id of the loaded program (as `bpftool prog show` lists it).
+    pub fn program_id(&self) -> Option<u32> {
+        let program: &SchedClassifier = self.ebpf.program(PROGRAM)?.try_into().ok()?;
+        program.info().ok().map(|info| info.id())
+    }
+
+    /// The authorisations in force.
+    pub fn table(&self) -> &PolicyTable {
+        &self.table
+    }
+
+    /// Admits `auth`'s traffic. Safe while traffic flows: nothing that was
+    /// allowed is dropped during the update. On error the filter is as before.
+    pub fn add_authorization(&mut self, auth: Authorization) -> Result<(), PolicyError> {
+        let change = self.table.plan_add(auth)?;
+        self.apply(change)?;
+        tracing::debug!(id = %auth.id, client = %auth.client_ip, dst = %auth.dst, "authorisation added");
+        Ok(())
+    }
+
+    /// Revokes authorisation `id`; its traffic is dropped once this returns,
+    /// other authorisations' traffic is never interrupted.
+    pub fn remove_authorization(&mut self, id: AuthorizationId) -> Result<(), PolicyError> {
+        let change = self.table.plan_remove(id)?;
+        self.apply(change)?;
+        tracing::debug!(%id, "authorisation removed");
+        Ok(())
+    }
+
+    /// Packets per verdict, summed over CPUs.
+    pub fn counters(&self) -> Result<VerdictCounters, PolicyError> {
+        let mut counts = [0u64; Verdict::COUNT as usize];
+        for (i, count) in counts.iter_mut().enumerate() {
+            let values = self
+                .verdicts
+                .get(&(i as u32), 0)
+                .map_err(map_err(VERDICT_COUNTERS_MAP))?;
+            *count = values.iter().sum();
+        }
+        Ok(VerdictCounters::from_counts(counts))
+    }
+
+    /// Traffic admitted by authorisation `id` since it was added.
+    pub fn authorization_counters(
+        &self,
+        id: AuthorizationId,
+    ) -> Result<AuthorizationCounters, PolicyError> {
+        let slot = self.table.slot(id).ok_or(PolicyError::UnknownId(id))?;
+        let values = self
+            .auth_counters
+            .get(&slot, 0)
+            .map_err(map_err(AUTH_COUNTERS_MAP))?;
+        Ok(values
+            .iter()
+            .fold(AuthorizationCounters::default(), |acc, c| {
+                AuthorizationCounters {
+                    packets: acc.packets + c.packets,
+                    bytes: acc.bytes + c.bytes,
+                }
+            }))
+    }
+
+    /// Writes `change` to the kernel, undoing what was written if a write
+    /// fails, and commits it to the table on success.
+    fn apply(&mut self, change: Change) -> Result<(), PolicyError> {
+        if let Some(slot) = change.fresh_slot {
+            // A reused slot still holds its previous owner's counts.
+            let zeros =
+                PerCpuValues::try_from(vec![AuthCounter::default(); self.cpus]).map_err(|e| {
+                    PolicyError::Map {
+                        name: AUTH_COUNTERS_MAP,
+                        source: MapError::IoError(e),
+                    }
+                })?;
+            self.auth_counters
+                .set(slot, zeros, 0)
+                .map_err(map_err(AUTH_COUNTERS_MAP))?;
+        }
+        for (applied, op) in change.ops.iter().enumerate() {
+            if let Err(err) = self.write(op) {
+                for undo in change.rollback(applied) {
+                    if let Err(rollback) = self.write(&undo) {
+                        return Err(PolicyError::RollbackFailed {
+                            source: Box::new(err),
+                            rollback: Box::new(rollback),
+                        });
+                    }
+                }
+                return Err(err);
+            }
+        }
+        self.table.commit(change);
+        Ok(())
+    }
+
+    fn write(&mut self, op: &MapOp) -> Result<(), PolicyError> {
+        match op {
+            MapOp::Upsert { key, value, .. } => match TrieKey::from(*key) {
+                TrieKey::V4(k) => self.v4.insert(&k, value, 0).map_err(map_err(POLICY_V4_MAP)),
+                TrieKey::V6(k) => self.v6.insert(&k, value, 0).map_err(map_err(POLICY_V6_MAP)),
+            },
+            MapOp::Delete { key, .. } => match TrieKey::from(*key) {
+                TrieKey::V4(k) => self.v4.remove(&k).map_err(map_err(POLICY_V4_MAP)),
+                TrieKey::V6(k) => self.v6.remove(&k).map_err(map_err(POLICY_V6_MAP)),
+            },
+        }
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, PolicyError> {
+    ebpf.take_map(name).ok_or(PolicyError::Missing(name))
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> PolicyError {
+    move |source| PolicyError::Map { name, source }
+}
