@@ -33,6 +33,7 @@ pub fn nat_symmetric(router: &Netns, out_if: &str) -> Result<()> {
 
 /// Installs an nftables table `keyhole_nat_<out_if>` in `router` that
 /// source-NATs traffic leaving `out_if` to that interface's address.
+/// IPv4 only (`table ip`): the IPv6 paths in tests are routed, not NATed.
 pub fn nat(router: &Netns, out_if: &str, kind: NatKind) -> Result<()> {
     if out_if.is_empty()
         || !out_if

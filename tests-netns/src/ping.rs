@@ -67,9 +67,9 @@ fn ping_here(src: Option<IpAddr>, dst: IpAddr, timeout: Duration) -> Result<Dura
     loop {
         let seq = sent.len() as u16;
         let request = echo_request(dst.is_ipv6(), id, seq, token);
+        sent.push(Instant::now());
         sendto(fd.as_raw_fd(), &request, &dst_sa, MsgFlags::empty())
             .context("send echo request")?;
-        sent.push(Instant::now());
         let resend_at = (Instant::now() + RESEND).min(deadline);
         if let Some(seq) = await_reply(&fd, dst, id, token, resend_at)? {
             return Ok(sent[usize::from(seq)].elapsed());
