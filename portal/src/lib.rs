@@ -1,0 +1,4 @@
+//! Keyhole portal library: the parts of the control plane that the
+//! `keyhole-portal` binary wires to sockets and the database.
+
+pub mod policy;
