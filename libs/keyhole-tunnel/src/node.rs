@@ -1,0 +1,706 @@
+//! [`Node`]: every connection of one client or gateway, behind one sans-IO
+//! interface.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey as X25519Public, StaticSecret};
+use ipnet::IpNet;
+use is::stun::{StunMessage, StunPacket};
+use is::{Candidate, IceAgent, Protocol};
+use keyhole_proto::{IceCandidate, IceCredentials, PublicKey};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+
+use crate::buffer::PacketBuffer;
+use crate::connection::{Connection, ConnectionId, SCRATCH_LEN, Shared, ice_creds, push_candidate};
+use crate::packet::{self, DatagramKind};
+use crate::routes::RouteTable;
+use crate::types::{
+    ConnectionConfig, ConnectionInfo, Error, Event, Input, NodeConfig, Output, Role, Stats,
+    Transmit,
+};
+
+/// WireGuard adds 32 bytes to a packet; handshake messages need 148.
+const WG_OVERHEAD: usize = 32;
+const WG_MIN_BUFFER: usize = 148;
+/// boringtun's rate limiter wants a reset about once a second.
+const RATE_LIMIT_PERIOD: Duration = Duration::from_secs(1);
+
+/// Packets to a destination that has no route yet.
+struct Pending {
+    packets: PacketBuffer,
+    since: Instant,
+    asked_at: Instant,
+}
+
+/// The sans-IO tunnel core: owns many connections keyed by `K`, demuxes
+/// incoming UDP between ICE (STUN) and WireGuard, routes TUN packets by
+/// destination, and reports what the owner must signal or do.
+///
+/// Drive it like str0m or quinn-proto: feed [`Node::handle_input`], send
+/// what [`Node::poll_transmit`] yields, act on [`Node::poll_event`], and
+/// call [`Node::handle_timeout`] at [`Node::poll_timeout`]. Poll all three
+/// after every call that changes state.
+pub struct Node<K> {
+    secret: StaticSecret,
+    public: X25519Public,
+    rate_limiter: Arc<RateLimiter>,
+    rate_reset_at: Option<Instant>,
+    connections: HashMap<K, Connection>,
+    /// boringtun local index (without its low 8 session bits) → connection.
+    by_index: HashMap<u32, K>,
+    by_peer_key: HashMap<[u8; 32], K>,
+    /// Our ICE ufrag of each connection, for binding requests.
+    by_ufrag: HashMap<String, K>,
+    routes: RouteTable<K>,
+    pending: HashMap<IpAddr, Pending>,
+    host_candidates: Vec<Candidate>,
+    srflx_candidates: Vec<Candidate>,
+    next_index: u32,
+    shared: Shared<K>,
+}
+
+impl<K: ConnectionId> Node<K> {
+    pub fn new(config: NodeConfig) -> Self {
+        let secret = StaticSecret::from(config.private_key);
+        let public = X25519Public::from(&secret);
+        let mut rng = StdRng::from_seed(config.rng_seed);
+        let next_index = rng.next_u32() & 0x00FF_FFFF;
+        let rate_limiter = Arc::new(RateLimiter::new(&public, config.handshake_rate_limit));
+        Self {
+            secret,
+            public,
+            rate_limiter,
+            rate_reset_at: None,
+            connections: HashMap::new(),
+            by_index: HashMap::new(),
+            by_peer_key: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            routes: RouteTable::new(),
+            pending: HashMap::new(),
+            host_candidates: Vec::new(),
+            srflx_candidates: Vec::new(),
+            next_index,
+            shared: Shared {
+                config,
+                rng,
+                transmits: VecDeque::new(),
+                events: VecDeque::new(),
+                stats: Stats::default(),
+                scratch: vec![0; SCRATCH_LEN],
+            },
+        }
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey::from_bytes(self.public.to_bytes())
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    pub fn connection(&self, id: &K) -> Option<ConnectionInfo> {
+        let c = self.connections.get(id)?;
+        Some(ConnectionInfo {
+            up: c.is_up(),
+            path: c.path,
+            wireguard_established: c.established,
+            buffered: c.buffer.len(),
+            buffer_dropped: c.buffer.dropped(),
+        })
+    }
+
+    pub fn connection_ids(&self) -> impl Iterator<Item = &K> {
+        self.connections.keys()
+    }
+
+    /// Fresh random ICE credentials from the node's RNG, e.g. for a
+    /// connection this side proposes.
+    pub fn new_ice_credentials(&mut self) -> IceCredentials {
+        self.shared.new_credentials()
+    }
+
+    // ---- local candidates -------------------------------------------------
+
+    /// A local socket address every connection may use.
+    pub fn add_host_candidate(&mut self, addr: SocketAddr) -> Result<(), Error> {
+        let c = Candidate::host(addr, "udp").map_err(|e| Error::BadCandidate(e.to_string()))?;
+        if self.host_candidates.iter().any(|h| h.addr() == addr) {
+            return Ok(());
+        }
+        for (id, conn) in &mut self.connections {
+            if let Some(added) = conn.agent.add_local_candidate(c.clone()) {
+                push_candidate(id, added, &mut self.shared);
+            }
+        }
+        self.host_candidates.push(c);
+        Ok(())
+    }
+
+    /// Our public address `addr` as a STUN server saw it from the local
+    /// socket `base` (a host candidate).
+    pub fn add_server_reflexive_candidate(
+        &mut self,
+        addr: SocketAddr,
+        base: SocketAddr,
+    ) -> Result<(), Error> {
+        let c = Candidate::server_reflexive(addr, base, "udp")
+            .map_err(|e| Error::BadCandidate(e.to_string()))?;
+        if self.srflx_candidates.iter().any(|s| s.addr() == addr) {
+            return Ok(());
+        }
+        for (id, conn) in &self.connections {
+            let mut c = c.clone();
+            c.set_ufrag(&conn.agent.local_credentials().ufrag);
+            push_candidate(id, &c, &mut self.shared);
+        }
+        self.srflx_candidates.push(c);
+        Ok(())
+    }
+
+    // ---- connections ------------------------------------------------------
+
+    /// Starts a connection as the authorisation describes it. Its local
+    /// candidates come out as events; routes are added separately.
+    pub fn add_connection(
+        &mut self,
+        now: Instant,
+        id: K,
+        config: ConnectionConfig,
+    ) -> Result<(), Error> {
+        if self.connections.contains_key(&id) {
+            return Err(Error::DuplicateConnection);
+        }
+        let peer_key = *config.peer_public_key.as_bytes();
+        if self.by_peer_key.contains_key(&peer_key) {
+            return Err(Error::DuplicatePeerKey);
+        }
+        let index = self.allocate_index();
+        let tunn = Tunn::new(
+            self.secret.clone(),
+            X25519Public::from(peer_key),
+            config.preshared_key.as_ref().map(|k| *k.as_bytes()),
+            config.persistent_keepalive,
+            index,
+            Some(self.rate_limiter.clone()),
+        );
+
+        let mut agent = IceAgent::new(ice_creds(&config.local_credentials));
+        agent.set_controlling(config.role == Role::Initiator);
+        agent.set_control_tie_breaker(self.shared.rng.next_u64());
+        agent.set_remote_credentials(ice_creds(&config.remote_credentials));
+        for c in &self.host_candidates {
+            agent.add_local_candidate(c.clone());
+        }
+        // Starts the agent's clock so poll_timeout answers.
+        agent.handle_timeout(now);
+
+        let mut conn = Connection {
+            role: config.role,
+            agent,
+            tunn,
+            peer_key,
+            index,
+            established: false,
+            handshake_at: None,
+            path: None,
+            reported: None,
+            buffer: PacketBuffer::new(self.shared.config.buffer_packets),
+            fail_at: Some(now + self.shared.config.failure_timeout),
+            restart_at: None,
+            awaiting_remote_credentials: false,
+            wireguard_tick_at: now + self.shared.config.wireguard_tick,
+        };
+        conn.signal_candidates(&id, &self.srflx_candidates, &mut self.shared);
+        conn.drain_ice(&id, now, &mut self.shared);
+
+        self.by_index.insert(index, id.clone());
+        self.by_peer_key.insert(peer_key, id.clone());
+        self.by_ufrag
+            .insert(config.local_credentials.username.clone(), id.clone());
+        self.connections.insert(id, conn);
+        Ok(())
+    }
+
+    /// Removes a connection at once (revocation or failure): its routes,
+    /// buffered packets and queued datagrams go; later datagrams for it
+    /// are dropped as unknown.
+    pub fn remove_connection(&mut self, id: &K) -> bool {
+        let Some(conn) = self.connections.remove(id) else {
+            return false;
+        };
+        self.by_index.remove(&conn.index);
+        self.by_peer_key.remove(&conn.peer_key);
+        self.by_ufrag.retain(|_, k| k != id);
+        self.routes.remove_owner(id);
+        self.shared
+            .transmits
+            .retain(|(owner, _)| owner.as_ref() != Some(id));
+        true
+    }
+
+    /// A candidate the peer signalled.
+    pub fn add_remote_candidate(&mut self, id: &K, candidate: &IceCandidate) -> Result<(), Error> {
+        let conn = self
+            .connections
+            .get_mut(id)
+            .ok_or(Error::UnknownConnection)?;
+        let c = Candidate::from_sdp_string(candidate.as_str())
+            .map_err(|e| Error::BadCandidate(e.to_string()))?;
+        conn.agent.add_remote_candidate(c);
+        Ok(())
+    }
+
+    /// New ICE credentials the peer signalled (it restarted ICE). If this
+    /// side did not start the restart, it restarts too and signals its own
+    /// new credentials and candidates.
+    pub fn set_remote_credentials(
+        &mut self,
+        now: Instant,
+        id: &K,
+        credentials: &IceCredentials,
+    ) -> Result<(), Error> {
+        let conn = self.connections.get(id).ok_or(Error::UnknownConnection)?;
+        let creds = ice_creds(credentials);
+        if conn.agent.remote_credentials() == Some(&creds) {
+            return Ok(());
+        }
+        if !conn.awaiting_remote_credentials {
+            self.restart_ice(now, id);
+        }
+        let conn = self
+            .connections
+            .get_mut(id)
+            .ok_or(Error::UnknownConnection)?;
+        conn.agent.set_remote_credentials(creds);
+        conn.awaiting_remote_credentials = false;
+        Ok(())
+    }
+
+    fn restart_ice(&mut self, now: Instant, id: &K) {
+        let credentials = self.shared.new_credentials();
+        let Some(conn) = self.connections.get_mut(id) else {
+            return;
+        };
+        tracing::debug!(conn = ?id, "restarting ICE");
+        let old = conn.agent.local_credentials().ufrag.clone();
+        self.by_ufrag.remove(&old);
+        self.by_ufrag
+            .insert(credentials.username.clone(), id.clone());
+        conn.agent.ice_restart(ice_creds(&credentials), true);
+        conn.awaiting_remote_credentials = true;
+        conn.agent.handle_timeout(now);
+        self.shared.events.push_back(Event::IceRestart {
+            conn: id.clone(),
+            credentials,
+        });
+        conn.signal_candidates(id, &self.srflx_candidates, &mut self.shared);
+        conn.drain_ice(id, now, &mut self.shared);
+    }
+
+    fn allocate_index(&mut self) -> u32 {
+        loop {
+            let i = self.next_index;
+            self.next_index = (self.next_index + 1) & 0x00FF_FFFF;
+            if !self.by_index.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+
+    // ---- routes -----------------------------------------------------------
+
+    /// Routes `net` to connection `id` (longest prefix wins). Packets held
+    /// for destinations in `net` move to the connection. Returns the
+    /// connection that owned exactly `net` before, if any.
+    pub fn add_route(&mut self, now: Instant, net: IpNet, id: &K) -> Result<Option<K>, Error> {
+        if !self.connections.contains_key(id) {
+            return Err(Error::UnknownConnection);
+        }
+        let old = self.routes.insert(net, id.clone());
+        let moved: Vec<IpAddr> = self
+            .pending
+            .keys()
+            .filter(|dst| self.routes.lookup(**dst) == Some(id))
+            .copied()
+            .collect();
+        if let Some(conn) = self.connections.get_mut(id) {
+            for dst in moved {
+                let Some(mut p) = self.pending.remove(&dst) else {
+                    continue;
+                };
+                while let Some(packet) = p.packets.pop() {
+                    if conn.buffer.push(&packet) {
+                        self.shared.stats.buffer_dropped += 1;
+                    }
+                }
+            }
+            conn.update_up(id, now, &mut self.shared);
+        }
+        Ok(old)
+    }
+
+    pub fn remove_route(&mut self, net: IpNet) -> Option<K> {
+        self.routes.remove(net)
+    }
+
+    /// The networks routed to `id`.
+    pub fn routes_of(&self, id: &K) -> Vec<IpNet> {
+        self.routes.nets_of(id).collect()
+    }
+
+    // ---- data path ----------------------------------------------------------
+
+    /// Handles one datagram or TUN packet. What must go out at once is
+    /// written into `buf` and returned; `buf` should hold the largest
+    /// packet plus 32 bytes (and at least 148). Everything else (ICE
+    /// checks, handshakes, flushed buffers) is queued for `poll_transmit`.
+    pub fn handle_input<'b>(
+        &mut self,
+        now: Instant,
+        input: Input<'_>,
+        buf: &'b mut [u8],
+    ) -> Option<Output<'b, K>> {
+        match input {
+            Input::Tun(packet) => self.handle_tun(now, packet, buf),
+            Input::Network {
+                local,
+                from,
+                datagram,
+            } => match packet::classify(datagram) {
+                DatagramKind::Stun => {
+                    self.handle_stun(now, local, from, datagram);
+                    None
+                }
+                DatagramKind::WireGuard => self.handle_wireguard(now, local, from, datagram, buf),
+                DatagramKind::ChannelData => {
+                    self.shared.stats.unhandled_channel_data += 1;
+                    None
+                }
+                DatagramKind::Unknown => {
+                    self.shared.stats.unknown_datagrams += 1;
+                    None
+                }
+            },
+        }
+    }
+
+    fn handle_tun<'b>(
+        &mut self,
+        now: Instant,
+        packet: &[u8],
+        buf: &'b mut [u8],
+    ) -> Option<Output<'b, K>> {
+        let Some(dst) = packet::destination(packet) else {
+            self.shared.stats.malformed_ip += 1;
+            return None;
+        };
+        let Some(id) = self.routes.lookup(dst) else {
+            self.hold_pending(now, dst, packet);
+            return None;
+        };
+        let conn = self.connections.get_mut(id)?;
+        let Some(path) = conn.path.filter(|_| conn.established) else {
+            if conn.buffer.push(packet) {
+                self.shared.stats.buffer_dropped += 1;
+            }
+            return None;
+        };
+        if buf.len() < (packet.len() + WG_OVERHEAD).max(WG_MIN_BUFFER) {
+            self.shared.stats.short_buffer += 1;
+            return None;
+        }
+        match conn.tunn.encapsulate(packet, buf) {
+            TunnResult::WriteToNetwork(d) => Some(Output::Transmit(Transmit {
+                source: path.local,
+                destination: path.remote,
+                payload: d,
+            })),
+            TunnResult::Err(e) => {
+                self.shared.stats.wireguard_errors += 1;
+                tracing::debug!(?e, "encapsulate failed");
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn hold_pending(&mut self, now: Instant, dst: IpAddr, packet: &[u8]) {
+        let config = &self.shared.config;
+        if let Some(p) = self.pending.get_mut(&dst) {
+            if p.packets.push(packet) {
+                self.shared.stats.pending_dropped += 1;
+            }
+            if now >= p.asked_at + config.authorization_retry {
+                p.asked_at = now;
+                self.shared
+                    .events
+                    .push_back(Event::NeedAuthorization { dst });
+            }
+            return;
+        }
+        if self.pending.len() >= config.pending_destinations {
+            self.shared.stats.pending_dropped += 1;
+            return;
+        }
+        let mut packets = PacketBuffer::new(config.pending_packets);
+        if packets.push(packet) {
+            self.shared.stats.pending_dropped += 1;
+        }
+        self.pending.insert(
+            dst,
+            Pending {
+                packets,
+                since: now,
+                asked_at: now,
+            },
+        );
+        self.shared
+            .events
+            .push_back(Event::NeedAuthorization { dst });
+    }
+
+    fn handle_stun(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, d: &[u8]) {
+        let Ok(message) = StunMessage::parse(d) else {
+            self.shared.stats.unmatched_stun += 1;
+            return;
+        };
+        let id = if message.is_binding_request() {
+            message
+                .split_username()
+                .and_then(|(ours, _)| self.by_ufrag.get(ours))
+                .cloned()
+        } else {
+            // Responses carry no username: the transaction id (checked
+            // first, before any HMAC) finds the agent that sent the check.
+            self.connections
+                .iter()
+                .find(|(_, c)| c.agent.accepts_message(&message))
+                .map(|(k, _)| k.clone())
+        };
+        let Some((id, conn)) = id.and_then(|id| {
+            let conn = self.connections.get_mut(&id)?;
+            Some((id, conn))
+        }) else {
+            self.shared.stats.unmatched_stun += 1;
+            return;
+        };
+        let accepted = conn.agent.handle_packet(
+            now,
+            StunPacket {
+                proto: Protocol::Udp,
+                source: from,
+                destination: local,
+                message,
+            },
+        );
+        if !accepted {
+            self.shared.stats.unmatched_stun += 1;
+        }
+        conn.drain_ice(&id, now, &mut self.shared);
+    }
+
+    fn handle_wireguard<'b>(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        d: &[u8],
+        buf: &'b mut [u8],
+    ) -> Option<Output<'b, K>> {
+        let Ok(parsed) = Tunn::parse_incoming_packet(d) else {
+            self.shared.stats.wireguard_errors += 1;
+            return None;
+        };
+        let (id, is_response, is_data) = match &parsed {
+            Packet::HandshakeInit(init) => (
+                parse_handshake_anon(&self.secret, &self.public, init)
+                    .ok()
+                    .and_then(|h| self.by_peer_key.get(&h.peer_static_public)),
+                false,
+                false,
+            ),
+            Packet::HandshakeResponse(r) => {
+                (self.by_index.get(&(r.receiver_idx >> 8)), true, false)
+            }
+            Packet::PacketCookieReply(c) => {
+                (self.by_index.get(&(c.receiver_idx >> 8)), false, false)
+            }
+            Packet::PacketData(p) => (self.by_index.get(&(p.receiver_idx >> 8)), false, true),
+        };
+        let Some(id) = id.cloned() else {
+            self.shared.stats.unknown_peer += 1;
+            return None;
+        };
+        let conn = self.connections.get_mut(&id)?;
+        if buf.len() < d.len().max(WG_MIN_BUFFER) {
+            self.shared.stats.short_buffer += 1;
+            return None;
+        }
+        let was_established = conn.established;
+        let output = match conn.tunn.decapsulate(Some(from.ip()), d, buf) {
+            TunnResult::WriteToNetwork(reply) => {
+                // The initiator's keepalive after a handshake response
+                // confirms the session on our side.
+                conn.established |= is_response;
+                // Replies go back the way the datagram came.
+                Some(Output::Transmit(Transmit {
+                    source: local,
+                    destination: from,
+                    payload: &*reply,
+                }))
+            }
+            TunnResult::WriteToTunnelV4(p, src) => {
+                conn.established = true;
+                deliver(&self.routes, &mut self.shared.stats, &id, p, src.into())
+            }
+            TunnResult::WriteToTunnelV6(p, src) => {
+                conn.established = true;
+                deliver(&self.routes, &mut self.shared.stats, &id, p, src.into())
+            }
+            TunnResult::Done => {
+                // A keepalive: the peer has the session.
+                conn.established |= is_data;
+                None
+            }
+            TunnResult::Err(e) => {
+                self.shared.stats.wireguard_errors += 1;
+                tracing::debug!(?e, "decapsulate failed");
+                None
+            }
+        };
+        if is_response {
+            // Packets boringtun itself queued while it had no session.
+            while let TunnResult::WriteToNetwork(q) =
+                conn.tunn.decapsulate(None, &[], &mut self.shared.scratch)
+            {
+                let q = q.to_vec();
+                self.shared.queue(&id, local, from, q);
+            }
+        }
+        if conn.established && !was_established {
+            tracing::debug!(conn = ?id, "WireGuard session established");
+        }
+        conn.update_up(&id, now, &mut self.shared);
+        output
+    }
+
+    // ---- time ---------------------------------------------------------------
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let config = &self.shared.config;
+        let pending = self
+            .pending
+            .values()
+            .map(|p| p.since + config.pending_timeout)
+            .min();
+        let conns = self
+            .connections
+            .values_mut()
+            .filter_map(|c| c.next_timeout(config))
+            .min();
+        [pending, conns, self.rate_reset_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.rate_reset_at.is_none_or(|t| now >= t) {
+            self.rate_limiter.reset_count();
+            self.rate_reset_at = (!self.connections.is_empty()).then_some(now + RATE_LIMIT_PERIOD);
+        }
+
+        let timeout = self.shared.config.pending_timeout;
+        let stats = &mut self.shared.stats;
+        self.pending.retain(|_, p| {
+            let keep = now < p.since + timeout;
+            if !keep {
+                stats.pending_dropped += p.packets.len() as u64;
+            }
+            keep
+        });
+
+        let mut failed = Vec::new();
+        let mut restart = Vec::new();
+        for (id, conn) in &mut self.connections {
+            let out = &mut self.shared;
+            if conn.agent.poll_timeout().is_some_and(|t| t <= now) {
+                conn.agent.handle_timeout(now);
+            }
+            conn.drain_ice(id, now, out);
+
+            if conn.role == Role::Initiator
+                && !conn.established
+                && conn
+                    .handshake_at
+                    .is_some_and(|t| now >= t + out.config.handshake_retry)
+            {
+                conn.start_handshake(id, now, true, out);
+            }
+            if now >= conn.wireguard_tick_at {
+                conn.wireguard_tick_at = now + out.config.wireguard_tick;
+                if !conn.wireguard_tick(id, out) {
+                    failed.push(id.clone());
+                    continue;
+                }
+            }
+            if conn.restart_at.is_some_and(|t| now >= t) {
+                if conn.agent.state().is_connected() {
+                    conn.restart_at = None;
+                } else {
+                    conn.restart_at = Some(now + out.config.ice_restart_interval);
+                    restart.push(id.clone());
+                }
+            }
+            if conn.fail_at.is_some_and(|t| now >= t) && !conn.is_up() {
+                failed.push(id.clone());
+            }
+        }
+        for id in restart {
+            self.restart_ice(now, &id);
+        }
+        for id in failed {
+            if self.remove_connection(&id) {
+                tracing::debug!(conn = ?id, "connection failed");
+                self.shared
+                    .events
+                    .push_back(Event::ConnectionFailed { conn: id });
+            }
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit<Vec<u8>>> {
+        self.shared.transmits.pop_front().map(|(_, t)| t)
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event<K>> {
+        self.shared.events.pop_front()
+    }
+}
+
+/// Cryptokey routing: a decrypted packet is accepted only if its source
+/// routes back to the connection it arrived on.
+fn deliver<'b, K: ConnectionId>(
+    routes: &RouteTable<K>,
+    stats: &mut Stats,
+    id: &K,
+    packet: &'b mut [u8],
+    src: IpAddr,
+) -> Option<Output<'b, K>> {
+    if routes.lookup(src) != Some(id) {
+        stats.bad_source += 1;
+        return None;
+    }
+    Some(Output::Tun {
+        conn: id.clone(),
+        packet: &*packet,
+    })
+}
