@@ -296,6 +296,10 @@ impl<K: ConnectionId> Node<K> {
             .insert(credentials.username.clone(), id.clone());
         conn.agent.ice_restart(ice_creds(&credentials), true);
         conn.awaiting_remote_credentials = true;
+        // The old pairs are gone with the restart; the path is whatever
+        // ICE nominates next. Until then packets are buffered.
+        conn.path = None;
+        conn.update_up(id, now, &mut self.shared);
         conn.agent.handle_timeout(now);
         self.shared.events.push_back(Event::IceRestart {
             conn: id.clone(),
