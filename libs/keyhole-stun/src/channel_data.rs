@@ -2,8 +2,12 @@
 
 use crate::error::{DecodeError, EncodeError};
 
-/// Valid channel numbers.
+/// Channel numbers RFC 8656 allows clients to bind.
 pub const CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x4FFF;
+/// Channel numbers RFC 5766 allowed; coturn's clients still pick from the
+/// upper part, which RFC 7983 leaves unassigned (first byte 80–127), so
+/// the framing accepts it and servers decide whether to bind such numbers.
+pub const LEGACY_CHANNEL_RANGE: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFF;
 pub const CHANNEL_HEADER_LEN: usize = 4;
 
 /// One ChannelData message borrowing its payload.
@@ -24,7 +28,7 @@ impl<'a> ChannelData<'a> {
                 have: buf.len(),
             })?;
         let channel = u16::from_be_bytes([head[0], head[1]]);
-        if !CHANNEL_RANGE.contains(&channel) {
+        if !LEGACY_CHANNEL_RANGE.contains(&channel) {
             return Err(DecodeError::BadChannelNumber(channel));
         }
         let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
@@ -45,7 +49,7 @@ impl<'a> ChannelData<'a> {
 
     /// Appends the encoded frame to `out`.
     pub fn encode_into(&self, pad: bool, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        if !CHANNEL_RANGE.contains(&self.channel) {
+        if !LEGACY_CHANNEL_RANGE.contains(&self.channel) {
             return Err(EncodeError::BadChannelNumber(self.channel));
         }
         let len = u16::try_from(self.data.len()).map_err(|_| EncodeError::MessageTooLong)?;

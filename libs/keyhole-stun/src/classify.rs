@@ -1,5 +1,6 @@
 //! Demultiplexing of datagrams and stream frames (RFC 7983 first-byte
-//! ranges, then the STUN cookie and length checks).
+//! ranges, then the STUN cookie and length checks). ChannelData takes
+//! first bytes 64–127: RFC 7983's 64–79 plus RFC 5766's legacy channels.
 
 use crate::channel_data::CHANNEL_HEADER_LEN;
 use crate::error::DecodeError;
@@ -25,7 +26,7 @@ pub fn classify(buf: &[u8]) -> PacketKind {
                 PacketKind::Other
             }
         }
-        Some(0x40..=0x4F) if buf.len() >= CHANNEL_HEADER_LEN => {
+        Some(0x40..=0x7F) if buf.len() >= CHANNEL_HEADER_LEN => {
             let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
             // Over UDP the sender may or may not have padded.
             let min = CHANNEL_HEADER_LEN + len;
@@ -61,7 +62,7 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
             }
             Ok(Some(HEADER_LEN + len))
         }
-        0x40..=0x4F => {
+        0x40..=0x7F => {
             if buf.len() < CHANNEL_HEADER_LEN {
                 return Ok(None);
             }

@@ -21,7 +21,7 @@ pub enum DecodeError {
     AttributeAfterFingerprint { typ: u16 },
     #[error("FINGERPRINT mismatch")]
     FingerprintMismatch,
-    #[error("channel number {0:#06x} outside 0x4000..=0x4FFF")]
+    #[error("channel number {0:#06x} outside 0x4000..=0x7FFF")]
     BadChannelNumber(u16),
 }
 
@@ -32,7 +32,7 @@ pub enum EncodeError {
     InvalidValue { typ: u16, reason: &'static str },
     #[error("message would exceed 65535 bytes of attributes")]
     MessageTooLong,
-    #[error("channel number {0:#06x} outside 0x4000..=0x4FFF")]
+    #[error("channel number {0:#06x} outside 0x4000..=0x7FFF")]
     BadChannelNumber(u16),
 }
 

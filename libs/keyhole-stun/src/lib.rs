@@ -21,7 +21,7 @@ pub mod server;
 pub use addr::AddressFamily;
 pub use attr::{Attribute, types};
 pub use builder::MessageBuilder;
-pub use channel_data::{CHANNEL_HEADER_LEN, CHANNEL_RANGE, ChannelData};
+pub use channel_data::{CHANNEL_HEADER_LEN, CHANNEL_RANGE, ChannelData, LEGACY_CHANNEL_RANGE};
 pub use classify::{PacketKind, classify, frame_len};
 pub use error::{DecodeError, EncodeError, IntegrityError};
 pub use header::{Class, HEADER_LEN, Header, MAGIC_COOKIE, MessageType, Method, TransactionId};

@@ -235,8 +235,13 @@ fn channel_data_framing() {
         Err(DecodeError::Truncated { .. })
     ));
     assert_eq!(
-        ChannelData::parse(&[0x50, 0, 0, 0]).unwrap_err(),
-        DecodeError::BadChannelNumber(0x5000)
+        ChannelData::parse(&[0x80, 0, 0, 0]).unwrap_err(),
+        DecodeError::BadChannelNumber(0x8000)
+    );
+    assert_eq!(
+        ChannelData::parse(&[0x55, 0xa4, 0, 0]).unwrap().channel,
+        0x55a4,
+        "RFC 5766 range"
     );
     assert_eq!(
         ChannelData {
@@ -408,7 +413,7 @@ proptest! {
     }
 
     #[test]
-    fn channel_data_round_trips(channel in 0x4000u16..=0x4FFF, data in proptest::collection::vec(any::<u8>(), 0..300), pad in any::<bool>()) {
+    fn channel_data_round_trips(channel in 0x4000u16..=0x7FFF, data in proptest::collection::vec(any::<u8>(), 0..300), pad in any::<bool>()) {
         let bytes = ChannelData { channel, data: &data }.encode(pad).unwrap();
         prop_assert_eq!(classify(&bytes), PacketKind::ChannelData);
         let cd = ChannelData::parse(&bytes).unwrap();

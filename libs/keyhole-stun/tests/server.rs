@@ -771,7 +771,7 @@ fn channel_bind_uniqueness_rules_and_cooldown() {
         Some(400)
     );
     assert_eq!(
-        h.request(Method::CHANNEL_BIND, &bind(0x5000, other), &creds)
+        h.request(Method::CHANNEL_BIND, &bind(0x8000, other), &creds)
             .code(),
         Some(400)
     );
@@ -1048,4 +1048,122 @@ fn tcp_channel_data_is_padded_and_close_deletes_the_allocation() {
             ..
         }]
     ));
+}
+
+#[test]
+fn legacy_channel_numbers_are_configurable() {
+    let creds = Creds::valid_for("alice", 3600);
+    let bind = [
+        Attribute::ChannelNumber(0x55a4),
+        Attribute::XorPeerAddress(peer()),
+    ];
+    let mut h = Harness::new();
+    h.allocate(&creds);
+    assert_eq!(
+        h.request(Method::CHANNEL_BIND, &bind, &creds).class(),
+        Class::Success
+    );
+    assert!(to_peer(&h.channel_data(0x55a4, b"x")).is_some());
+
+    let mut cfg = config();
+    cfg.legacy_channel_numbers = false;
+    let mut h = Harness::with(cfg, 49152..=49160);
+    h.allocate(&creds);
+    assert_eq!(
+        h.request(Method::CHANNEL_BIND, &bind, &creds).code(),
+        Some(400)
+    );
+}
+
+#[test]
+fn even_port_reservation_token_gives_the_next_port() {
+    let mut h = Harness::new();
+    let creds = Creds::valid_for("alice", 3600);
+    let r = h.request(
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(17), Attribute::EvenPort(true)],
+        &creds,
+    );
+    assert_eq!(r.class(), Class::Success);
+    let rtp = r.msg().xor_relayed_addresses().next().unwrap();
+    assert_eq!(rtp.port() % 2, 0);
+    let token = match r.msg().get(types::RESERVATION_TOKEN) {
+        Some(Attribute::ReservationToken(t)) => *t,
+        other => panic!("no token: {other:?}"),
+    };
+    assert_eq!(
+        h.server.ports().in_use(AddressFamily::V4),
+        2,
+        "next port held"
+    );
+
+    let c2: SocketAddr = "198.51.100.7:40001".parse().unwrap();
+    let with_token = [
+        Attribute::RequestedTransport(17),
+        Attribute::ReservationToken(token),
+    ];
+    let r = h.request_from(
+        c2,
+        Transport::Udp,
+        Method::ALLOCATE,
+        &with_token,
+        Some(&creds),
+    );
+    assert_eq!(r.class(), Class::Success);
+    assert_eq!(
+        r.msg().xor_relayed_addresses().next().unwrap().port(),
+        rtp.port() + 1
+    );
+    // A token is good once.
+    let c3: SocketAddr = "198.51.100.7:40002".parse().unwrap();
+    let r = h.request_from(
+        c3,
+        Transport::Udp,
+        Method::ALLOCATE,
+        &with_token,
+        Some(&creds),
+    );
+    assert_eq!(r.code(), Some(508));
+    // Token together with EVEN-PORT is a bad request.
+    let r = h.request_from(
+        c3,
+        Transport::Udp,
+        Method::ALLOCATE,
+        &[
+            Attribute::RequestedTransport(17),
+            Attribute::ReservationToken(token),
+            Attribute::EvenPort(false),
+        ],
+        Some(&creds),
+    );
+    assert_eq!(r.code(), Some(400));
+}
+
+#[test]
+fn unused_reservations_expire_and_free_their_port() {
+    let mut h = Harness::new();
+    let creds = Creds::valid_for("alice", 3600);
+    let r = h.request(
+        Method::ALLOCATE,
+        &[Attribute::RequestedTransport(17), Attribute::EvenPort(true)],
+        &creds,
+    );
+    let token = match r.msg().get(types::RESERVATION_TOKEN) {
+        Some(Attribute::ReservationToken(t)) => *t,
+        other => panic!("no token: {other:?}"),
+    };
+    h.at(30);
+    assert_eq!(h.server.ports().in_use(AddressFamily::V4), 1);
+    let c2: SocketAddr = "198.51.100.7:40001".parse().unwrap();
+    let r = h.request_from(
+        c2,
+        Transport::Udp,
+        Method::ALLOCATE,
+        &[
+            Attribute::RequestedTransport(17),
+            Attribute::ReservationToken(token),
+        ],
+        Some(&creds),
+    );
+    assert_eq!(r.code(), Some(508));
 }

@@ -13,6 +13,17 @@ use super::Transport;
 /// bound to anything else for this long (RFC 8656 §12).
 pub(crate) const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
 
+/// How long a port reserved by EVEN-PORT's R bit waits for its Allocate.
+pub(crate) const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// The port after an even relayed port, held for a RESERVATION-TOKEN.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reservation {
+    pub family: AddressFamily,
+    pub port: u16,
+    pub expires: Instant,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Channel {
     pub peer: SocketAddr,

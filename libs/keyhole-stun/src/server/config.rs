@@ -40,6 +40,9 @@ pub struct ServerConfig {
     /// Allocations the server holds at once.
     pub total_quota: usize,
     pub rate_limit: RateLimit,
+    /// Accept ChannelBind for RFC 5766's 0x5000–0x7FFF too (coturn's
+    /// `turnutils_uclient` picks channels there); RFC 8656 says 400.
+    pub legacy_channel_numbers: bool,
 }
 
 impl ServerConfig {
@@ -70,6 +73,7 @@ impl ServerConfig {
                 burst: 32,
                 per_second: 16.0,
             },
+            legacy_channel_numbers: true,
         }
     }
 }

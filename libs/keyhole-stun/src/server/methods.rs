@@ -7,10 +7,10 @@ use std::time::Instant;
 use crate::PROTOCOL_UDP;
 use crate::addr::AddressFamily;
 use crate::attr::{Attribute, types};
-use crate::channel_data::CHANNEL_RANGE;
+use crate::channel_data::{CHANNEL_RANGE, LEGACY_CHANNEL_RANGE};
 use crate::message::Message;
 
-use super::allocation::{Allocation, Channel};
+use super::allocation::{Allocation, Channel, RESERVATION_LIFETIME, Reservation};
 use super::{Authed, DeleteReason, Event, Reject, RelayPortAllocator, Server, Transmit, Transport};
 
 /// How a request handler ends when it does not succeed normally.
@@ -56,6 +56,28 @@ impl<P: RelayPortAllocator> Server<P> {
         }
     }
 
+    /// Holds `port` for a RESERVATION-TOKEN and returns the token.
+    fn reserve(&mut self, now: Instant, family: AddressFamily, port: u16) -> [u8; 8] {
+        self.reservation_counter += 1;
+        let mac = crate::integrity::hmac_sha256(
+            &self.config.nonce_secret,
+            &[b"reservation", &self.reservation_counter.to_be_bytes()],
+        );
+        let mut token = [0u8; 8];
+        token.copy_from_slice(&mac[..8]);
+        let expires = now + RESERVATION_LIFETIME;
+        self.reservations.insert(
+            token,
+            Reservation {
+                family,
+                port,
+                expires,
+            },
+        );
+        self.bump_timeout(expires);
+        token
+    }
+
     /// The caller's allocation, checking it belongs to the same user (441).
     fn own_allocation(
         &self,
@@ -97,24 +119,36 @@ impl<P: RelayPortAllocator> Server<P> {
             Some(PROTOCOL_UDP) => {}
             Some(_) => return Err(reject(442)),
         }
-        let even_port = matches!(msg.get(types::EVEN_PORT), Some(Attribute::EvenPort(_)));
+        let even_port = match msg.get(types::EVEN_PORT) {
+            Some(Attribute::EvenPort(reserve)) => Some(*reserve),
+            _ => None,
+        };
         let requested = msg.requested_address_family();
         let additional = msg.additional_address_family();
-        if msg.get(types::RESERVATION_TOKEN).is_some() {
-            // We never hand out reservations, so no token can match.
-            return Err(reject(if even_port || requested.is_some() {
-                400
-            } else {
-                508
-            }));
-        }
-        if requested.is_some() && additional.is_some() {
+        let token = match msg.get(types::RESERVATION_TOKEN) {
+            Some(Attribute::ReservationToken(t)) => Some(*t),
+            _ => None,
+        };
+        if (token.is_some() && (even_port.is_some() || requested.is_some()))
+            || (requested.is_some() && additional.is_some())
+            || (even_port == Some(true) && additional.is_some())
+        {
             return Err(reject(400));
         }
-        let families: &[AddressFamily] = match (requested, additional) {
-            (_, Some(AddressFamily::V4)) => return Err(reject(400)),
-            (_, Some(AddressFamily::V6)) => &[AddressFamily::V4, AddressFamily::V6],
-            (Some(AddressFamily::V6), None) => &[AddressFamily::V6],
+        // A reserved port (RFC 8656 §7.2 RESERVATION-TOKEN) fixes the family.
+        let reserved = match token {
+            Some(t) => match self.reservations.get(&t) {
+                Some(r) if now < r.expires => Some((t, r.family, r.port)),
+                _ => return Err(reject(508)),
+            },
+            None => None,
+        };
+        let families: &[AddressFamily] = match (reserved, requested, additional) {
+            (Some((_, AddressFamily::V4, _)), _, _) => &[AddressFamily::V4],
+            (Some((_, AddressFamily::V6, _)), _, _) => &[AddressFamily::V6],
+            (_, _, Some(AddressFamily::V4)) => return Err(reject(400)),
+            (_, _, Some(AddressFamily::V6)) => &[AddressFamily::V4, AddressFamily::V6],
+            (_, Some(AddressFamily::V6), None) => &[AddressFamily::V6],
             _ => &[AddressFamily::V4],
         };
         if self.relay_ip(families[0]).is_none() {
@@ -138,7 +172,19 @@ impl<P: RelayPortAllocator> Server<P> {
                 });
                 continue;
             };
-            match self.ports.allocate(family, even_port) {
+            let port = if let Some((t, _, port)) = reserved {
+                self.reservations.remove(&t);
+                Some(port)
+            } else if even_port == Some(true) {
+                // Even port now, the next one held for a later Allocate.
+                self.ports.allocate_pair(family).inspect(|&port| {
+                    let token = self.reserve(now, family, port + 1);
+                    attrs.push(Attribute::ReservationToken(token));
+                })
+            } else {
+                self.ports.allocate(family, even_port.is_some())
+            };
+            match port {
                 Some(port) => relays.push(SocketAddr::new(ip, port)),
                 None => {
                     for r in &relays {
@@ -291,7 +337,12 @@ impl<P: RelayPortAllocator> Server<P> {
     ) -> Handled {
         let id = self.own_allocation(from, transport, authed)?;
         let channel = msg.channel_number().ok_or(reject(400))?;
-        if !CHANNEL_RANGE.contains(&channel) {
+        let allowed = if self.config.legacy_channel_numbers {
+            LEGACY_CHANNEL_RANGE
+        } else {
+            CHANNEL_RANGE
+        };
+        if !allowed.contains(&channel) {
             return Err(reject(400));
         }
         let peer = msg.xor_peer_addresses().next().ok_or(reject(400))?;

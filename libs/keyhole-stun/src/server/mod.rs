@@ -24,7 +24,7 @@ use crate::channel_data::ChannelData;
 use crate::header::{Class, Header, MessageType, Method, TransactionId};
 use crate::message::{IntegrityKind, Message};
 
-use allocation::{Allocation, CHANNEL_COOLDOWN};
+use allocation::{Allocation, CHANNEL_COOLDOWN, Reservation};
 pub use config::{RateLimit, ServerConfig};
 pub use ports::{PortRange, RelayPortAllocator};
 use rate_limit::RateLimiter;
@@ -149,6 +149,8 @@ pub struct Server<P> {
     by_client: HashMap<(SocketAddr, Transport), AllocId>,
     by_relay: HashMap<SocketAddr, AllocId>,
     per_user: HashMap<String, usize>,
+    reservations: HashMap<[u8; 8], Reservation>,
+    reservation_counter: u64,
     rate: RateLimiter,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -176,6 +178,8 @@ impl<P: RelayPortAllocator> Server<P> {
             by_client: HashMap::new(),
             by_relay: HashMap::new(),
             per_user: HashMap::new(),
+            reservations: HashMap::new(),
+            reservation_counter: 0,
             rate,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -243,7 +247,7 @@ impl<P: RelayPortAllocator> Server<P> {
                     }
                 }
             },
-            Some(0x40..=0x4F) => {
+            Some(0x40..=0x7F) => {
                 if let Ok(cd) = ChannelData::parse(data) {
                     self.channel_data_from_client(now, from, transport, cd);
                 }
@@ -374,11 +378,20 @@ impl<P: RelayPortAllocator> Server<P> {
                 keep
             });
         }
+        let ports = &mut self.ports;
+        self.reservations.retain(|_, r| {
+            let keep = now < r.expires;
+            if !keep {
+                ports.release(r.family, r.port);
+            }
+            keep
+        });
         self.rate.sweep(now);
         let mut next = self
             .allocations
             .values()
             .map(Allocation::next_deadline)
+            .chain(self.reservations.values().map(|r| r.expires))
             .min();
         if !self.rate.is_empty() {
             let sweep = now + SWEEP_INTERVAL;
@@ -493,6 +506,7 @@ impl<P: RelayPortAllocator> Server<P> {
                         })
                     }
                     Err(methods::Outcome::Reject(Reject(code))) => {
+                        tracing::debug!(%from, method = m.value(), code, attributes = ?msg.attributes(), "request rejected");
                         let attrs = [Attribute::ErrorCode {
                             code,
                             reason: reason(code),

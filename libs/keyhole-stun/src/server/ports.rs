@@ -12,7 +12,13 @@ pub trait RelayPortAllocator {
     /// A free port on the relay address of `family`; `even` asks for an even
     /// port (EVEN-PORT). `None` means no capacity (508).
     fn allocate(&mut self, family: AddressFamily, even: bool) -> Option<u16>;
-    /// Returns a port given out by `allocate`.
+    /// An even port whose successor is also taken (EVEN-PORT with the R
+    /// bit); both are released separately. `None` means no capacity.
+    fn allocate_pair(&mut self, family: AddressFamily) -> Option<u16> {
+        let _ = family;
+        None
+    }
+    /// Returns a port given out by `allocate` or `allocate_pair`.
     fn release(&mut self, family: AddressFamily, port: u16);
 }
 
@@ -69,6 +75,17 @@ impl RelayPortAllocator for PortRange {
         None
     }
 
+    fn allocate_pair(&mut self, family: AddressFamily) -> Option<u16> {
+        let i = Self::idx(family);
+        let (lo, hi) = (*self.range.start(), *self.range.end());
+        let first = lo.next_multiple_of(2);
+        let free = |p: u16| !self.used[i].contains(&p);
+        let port = (first..hi).step_by(2).find(|&p| free(p) && free(p + 1))?;
+        self.used[i].insert(port);
+        self.used[i].insert(port + 1);
+        Some(port)
+    }
+
     fn release(&mut self, family: AddressFamily, port: u16) {
         self.used[Self::idx(family)].remove(&port);
     }
@@ -91,6 +108,16 @@ mod tests {
         p.release(AddressFamily::V4, b);
         assert_eq!(p.allocate(AddressFamily::V4, false), Some(50001));
         assert_eq!(p.allocate(AddressFamily::V4, true), None);
+    }
+
+    #[test]
+    fn pairs() {
+        let mut p = PortRange::new(50001..=50005);
+        assert_eq!(p.allocate(AddressFamily::V4, false), Some(50001));
+        assert_eq!(p.allocate_pair(AddressFamily::V4), Some(50002));
+        assert_eq!(p.allocate_pair(AddressFamily::V4), Some(50004));
+        assert_eq!(p.allocate_pair(AddressFamily::V4), None);
+        assert_eq!(p.in_use(AddressFamily::V4), 5);
     }
 
     #[test]

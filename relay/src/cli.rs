@@ -1,0 +1,66 @@
+//! Command-line options, named like coturn's where they mean the same.
+
+use std::net::{IpAddr, SocketAddr};
+
+use clap::Parser;
+
+/// Keyhole relay: STUN/TURN server (RFC 8489, RFC 8656) with long-term
+/// credentials derived from a shared secret (coturn's `use-auth-secret`).
+#[derive(Debug, Parser)]
+#[command(name = "keyhole-relay", version)]
+pub struct Args {
+    /// UDP and TCP address to listen on.
+    #[arg(long, env = "KEYHOLE_RELAY_LISTEN", default_value = "0.0.0.0:3478")]
+    pub listen: SocketAddr,
+    /// Public address(es) put in XOR-RELAYED-ADDRESS, at most one per family.
+    /// Defaults to the listen address, or the outbound address if that is unspecified.
+    #[arg(
+        long = "public-ip",
+        env = "KEYHOLE_RELAY_PUBLIC_IP",
+        value_delimiter = ','
+    )]
+    pub public_ip: Vec<IpAddr>,
+    /// Local address(es) relay sockets bind to (default: the listen IP, or any).
+    #[arg(
+        long = "relay-ip",
+        env = "KEYHOLE_RELAY_RELAY_IP",
+        value_delimiter = ','
+    )]
+    pub relay_ip: Vec<IpAddr>,
+    #[arg(long, env = "KEYHOLE_RELAY_REALM", default_value = "keyhole")]
+    pub realm: String,
+    /// Shared secret TURN passwords are derived from.
+    #[arg(
+        long = "static-auth-secret",
+        env = "KEYHOLE_RELAY_SECRET",
+        hide_env_values = true
+    )]
+    pub static_auth_secret: String,
+    #[arg(
+        long = "min-port",
+        env = "KEYHOLE_RELAY_MIN_PORT",
+        default_value_t = 49152
+    )]
+    pub min_port: u16,
+    #[arg(
+        long = "max-port",
+        env = "KEYHOLE_RELAY_MAX_PORT",
+        default_value_t = 65535
+    )]
+    pub max_port: u16,
+    /// Allow peers on loopback and on the relay's own addresses.
+    #[arg(
+        long = "allow-loopback-peers",
+        env = "KEYHOLE_RELAY_ALLOW_LOOPBACK_PEERS"
+    )]
+    pub allow_loopback_peers: bool,
+    /// Allocations one username may hold at once.
+    #[arg(long = "user-quota", default_value_t = 32)]
+    pub user_quota: usize,
+    /// Allocations the relay holds at once.
+    #[arg(long = "total-quota", default_value_t = 10_000)]
+    pub total_quota: usize,
+    /// Do not listen on TCP.
+    #[arg(long = "no-tcp")]
+    pub no_tcp: bool,
+}

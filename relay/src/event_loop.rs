@@ -1,0 +1,142 @@
+//! The IO shell around the sans-IO TURN core: one task owns the core and
+//! the listener; relay sockets and TCP connections feed it through a channel.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use keyhole_stun::server::{Event, Server, ServerConfig, Transmit, Transport};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::ports::SocketPorts;
+
+/// Work for the event loop from other tasks.
+pub enum Inbound {
+    Peer {
+        relay: SocketAddr,
+        peer: SocketAddr,
+        data: Vec<u8>,
+    },
+    TcpOpened {
+        client: SocketAddr,
+        tx: mpsc::Sender<Vec<u8>>,
+    },
+    TcpFrame {
+        client: SocketAddr,
+        frame: Vec<u8>,
+    },
+    TcpClosed {
+        client: SocketAddr,
+    },
+}
+
+/// Inputs handled before yielding, so timers and other tasks keep running.
+const BATCH: usize = 256;
+
+pub async fn run(
+    config: ServerConfig,
+    listener: UdpSocket,
+    ports: SocketPorts,
+    mut inbound: mpsc::Receiver<Inbound>,
+) -> anyhow::Result<()> {
+    let unix_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("clock before 1970")?
+        .as_secs();
+    let mut server = Server::new(config, ports, Instant::now(), unix_now);
+    let mut tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let deadline = server.poll_timeout();
+        let sleep = tokio::time::sleep_until(deadline.map_or_else(
+            || tokio::time::Instant::now() + std::time::Duration::from_secs(3600),
+            Into::into,
+        ));
+        tokio::select! {
+            biased;
+            () = sleep => server.handle_timeout(Instant::now()),
+            r = listener.recv_from(&mut buf) => match r {
+                Ok((n, from)) => {
+                    server.handle_input(Instant::now(), from, Transport::Udp, &buf[..n]);
+                    // Drain whatever else is already queued without waiting.
+                    for _ in 0..BATCH {
+                        match listener.try_recv_from(&mut buf) {
+                            Ok((n, from)) => server.handle_input(Instant::now(), from, Transport::Udp, &buf[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "listener receive error"),
+            },
+            msg = inbound.recv() => {
+                let Some(msg) = msg else { anyhow::bail!("all inbound senders closed") };
+                let now = Instant::now();
+                match msg {
+                    Inbound::Peer { relay, peer, data } => server.handle_peer_input(now, relay, peer, &data),
+                    Inbound::TcpOpened { client, tx } => { tcp.insert(client, tx); }
+                    Inbound::TcpFrame { client, frame } => server.handle_input(now, client, Transport::Tcp, &frame),
+                    Inbound::TcpClosed { client } => {
+                        tcp.remove(&client);
+                        server.handle_connection_closed(client);
+                    }
+                }
+            }
+        }
+        while let Some(t) = server.poll_transmit() {
+            match t {
+                Transmit::ToClient {
+                    client,
+                    transport: Transport::Udp,
+                    payload,
+                } => {
+                    if let Err(e) = listener.send_to(&payload, client).await {
+                        tracing::debug!(%client, error = %e, "send to client failed");
+                    }
+                }
+                Transmit::ToClient {
+                    client,
+                    transport: Transport::Tcp,
+                    payload,
+                } => {
+                    if let Some(tx) = tcp.get(&client) {
+                        // A full queue means a stalled reader: drop, like UDP would.
+                        let _ = tx.try_send(payload);
+                    }
+                }
+                Transmit::ToPeer {
+                    relay,
+                    peer,
+                    payload,
+                } => {
+                    if let Some(socket) = server.ports().socket(relay)
+                        && let Err(e) = socket.send_to(&payload, peer).await
+                    {
+                        tracing::debug!(%peer, error = %e, "send to peer failed");
+                    }
+                }
+            }
+        }
+        while let Some(e) = server.poll_event() {
+            log_event(&e);
+        }
+    }
+}
+
+fn log_event(e: &Event) {
+    match e {
+        Event::AllocationCreated {
+            client,
+            relays,
+            username,
+            ..
+        } => {
+            tracing::info!(%client, ?relays, username, "allocation created")
+        }
+        Event::AllocationDeleted { client, reason, .. } => {
+            tracing::info!(%client, ?reason, "allocation deleted")
+        }
+        other => tracing::debug!(event = ?other, "relay state"),
+    }
+}
