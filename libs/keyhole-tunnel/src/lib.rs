@@ -19,6 +19,7 @@ mod connection;
 mod node;
 mod packet;
 mod routes;
+pub mod turn;
 mod types;
 
 pub use connection::ConnectionId;
