@@ -2,3 +2,4 @@
 //! `keyhole-portal` binary wires to sockets and the database.
 
 pub mod policy;
+pub mod store;

@@ -1,0 +1,122 @@
+//! Persistent state: sqlx over SQLite (embedded default) or PostgreSQL.
+//!
+//! One code path serves both through sqlx's `Any` driver; the schema is
+//! kept portable (see `migrations/*/0001_init.sql`): UUIDs as text, times
+//! as unix milliseconds, flags as 0/1, structured values as JSON text.
+//! Every multi-statement change runs in a transaction, so bad input leaves
+//! nothing half-written. Secrets are stored only as SHA-256 hashes.
+//!
+//! Methods take `now` from the caller like the rest of the portal's logic.
+
+mod actors;
+mod clients;
+mod error;
+mod flow_log;
+mod network;
+mod resources;
+mod snapshot;
+mod tokens;
+
+use std::{path::Path, str::FromStr};
+
+use chrono::{DateTime, Utc};
+use sqlx::{
+    AnyPool,
+    any::{AnyConnectOptions, AnyPoolOptions},
+    migrate::Migrator,
+};
+use uuid::Uuid;
+
+pub use actors::{Group, ServiceAccount, User};
+pub use clients::ClientRecord;
+pub use error::StoreError;
+pub use flow_log::{FlowDecision, FlowLogEntry};
+pub use network::{GatewayRecord, GatewayRegistration, RelayRecord, Site};
+pub use resources::{NewPolicy, NewResource, PolicyRecord};
+pub use tokens::{IssuedToken, TokenInfo, TokenKind, TokenOwner};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Name of the SQLite file inside the data directory.
+pub const SQLITE_FILE: &str = "keyhole.sqlite3";
+
+impl Store {
+    /// The embedded SQLite database in `data_dir` (created if missing).
+    pub async fn open_sqlite(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join(SQLITE_FILE);
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        Self::connect(&url).await
+    }
+
+    /// Connect to `sqlite://…` or `postgres://…` and apply migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::invalid(
+                "database_url",
+                "must start with sqlite: or postgres:",
+            ));
+        };
+        let options = AnyConnectOptions::from_str(url)?;
+        // SQLite allows one writer at a time; more connections only add
+        // lock contention.
+        let max = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 16,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect_with(options)
+            .await?;
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(v).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("bad uuid `{s}` in database")))
+}
+
+fn flag(b: bool) -> i64 {
+    i64::from(b)
+}
