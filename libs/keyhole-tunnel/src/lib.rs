@@ -18,6 +18,7 @@ mod buffer;
 mod connection;
 mod node;
 mod packet;
+mod relay;
 mod routes;
 pub mod turn;
 mod types;

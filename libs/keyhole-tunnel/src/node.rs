@@ -20,7 +20,9 @@ use rand::{RngCore, SeedableRng};
 use crate::buffer::PacketBuffer;
 use crate::connection::{Connection, ConnectionId, SCRATCH_LEN, Shared, ice_creds, push_candidate};
 use crate::packet::{self, DatagramKind};
+use crate::relay::Relay;
 use crate::routes::RouteTable;
+use crate::turn::{Client as TurnClient, TurnConfig, TurnEvent};
 use crate::types::{
     ConnectionConfig, ConnectionInfo, Error, Event, Input, NodeConfig, Output, Role, Stats,
     Transmit,
@@ -28,6 +30,8 @@ use crate::types::{
 
 /// WireGuard adds 32 bytes to a packet; handshake messages need 148.
 const WG_OVERHEAD: usize = 32;
+/// ChannelData header plus TCP padding, for relayed paths.
+const CHANNEL_OVERHEAD: usize = 4 + 3;
 const WG_MIN_BUFFER: usize = 148;
 /// boringtun's rate limiter wants a reset about once a second.
 const RATE_LIMIT_PERIOD: Duration = Duration::from_secs(1);
@@ -62,6 +66,10 @@ pub struct Node<K> {
     pending: HashMap<IpAddr, Pending>,
     host_candidates: Vec<Candidate>,
     srflx_candidates: Vec<Candidate>,
+    relays: Vec<Relay>,
+    /// The latest `now` the owner gave; `poll_transmit` hands datagrams to
+    /// TURN clients at this time.
+    now: Option<Instant>,
     next_index: u32,
     shared: Shared<K>,
 }
@@ -86,6 +94,8 @@ impl<K: ConnectionId> Node<K> {
             pending: HashMap::new(),
             host_candidates: Vec::new(),
             srflx_candidates: Vec::new(),
+            relays: Vec::new(),
+            now: None,
             next_index,
             shared: Shared {
                 config,
@@ -197,6 +207,9 @@ impl<K: ConnectionId> Node<K> {
         agent.set_control_tie_breaker(self.shared.rng.next_u64());
         agent.set_remote_credentials(ice_creds(&config.remote_credentials));
         for c in &self.host_candidates {
+            agent.add_local_candidate(c.clone());
+        }
+        for c in self.relays.iter().filter_map(|r| r.candidate.as_ref()) {
             agent.add_local_candidate(c.clone());
         }
         // Starts the agent's clock so poll_timeout answers.
@@ -372,27 +385,202 @@ impl<K: ConnectionId> Node<K> {
         input: Input<'_>,
         buf: &'b mut [u8],
     ) -> Option<Output<'b, K>> {
+        self.now = Some(now);
         match input {
             Input::Tun(packet) => self.handle_tun(now, packet, buf),
             Input::Network {
                 local,
                 from,
                 datagram,
-            } => match packet::classify(datagram) {
-                DatagramKind::Stun => {
-                    self.handle_stun(now, local, from, datagram);
-                    None
+            } => {
+                if let Some(i) = self.relays.iter().position(|r| r.is_server(local, from)) {
+                    return self.handle_from_relay(now, i, datagram, buf);
                 }
-                DatagramKind::WireGuard => self.handle_wireguard(now, local, from, datagram, buf),
-                DatagramKind::ChannelData => {
-                    self.shared.stats.unhandled_channel_data += 1;
-                    None
+                self.handle_datagram(now, local, from, datagram, buf)
+            }
+        }
+    }
+
+    fn handle_datagram<'b>(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+        buf: &'b mut [u8],
+    ) -> Option<Output<'b, K>> {
+        match packet::classify(datagram) {
+            DatagramKind::Stun => {
+                self.handle_stun(now, local, from, datagram);
+                None
+            }
+            DatagramKind::WireGuard => {
+                let out = self.handle_wireguard(now, local, from, datagram, buf);
+                self.through_relay(now, out)
+            }
+            DatagramKind::ChannelData => {
+                self.shared.stats.unhandled_channel_data += 1;
+                None
+            }
+            DatagramKind::Unknown => {
+                self.shared.stats.unknown_datagrams += 1;
+                None
+            }
+        }
+    }
+
+    /// A datagram from relay `i`'s listener: TURN control for its client,
+    /// or a peer's datagram to our relayed address, unwrapped and handled
+    /// as if it had arrived there.
+    fn handle_from_relay<'b>(
+        &mut self,
+        now: Instant,
+        i: usize,
+        datagram: &[u8],
+        buf: &'b mut [u8],
+    ) -> Option<Output<'b, K>> {
+        let relay = &mut self.relays[i];
+        let inner = relay.client.handle_input(now, datagram);
+        let relayed = relay.client.relayed();
+        self.drain_relay_events(now);
+        let ((peer, data), relayed) = inner.zip(relayed)?;
+        if packet::classify(data) == DatagramKind::ChannelData {
+            self.shared.stats.unknown_datagrams += 1;
+            return None;
+        }
+        self.handle_datagram(now, relayed, peer, data, buf)
+    }
+
+    /// Replies that must leave from a relayed address go through its TURN
+    /// client (rare: handshake responses, cookies).
+    fn through_relay<'b>(
+        &mut self,
+        now: Instant,
+        out: Option<Output<'b, K>>,
+    ) -> Option<Output<'b, K>> {
+        if let Some(Output::Transmit(t)) = &out
+            && let Some(r) = self.relays.iter_mut().find(|r| r.relays_for(t.source))
+        {
+            r.client.send_to(now, t.destination, t.payload);
+            return None;
+        }
+        out
+    }
+
+    // ---- relays -------------------------------------------------------------
+
+    /// Uses a TURN relay, reached from the local socket `local`: its
+    /// relayed address becomes a candidate of every connection once
+    /// allocated, and the address it sees us from a server-reflexive one.
+    /// For a relay over TCP the owner carries the transmits to
+    /// `config.server` over its stream and feeds frames back as
+    /// `Input::Network { local, from: config.server, .. }`.
+    pub fn add_relay(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        config: TurnConfig,
+    ) -> Result<(), Error> {
+        self.now = Some(now);
+        if self
+            .relays
+            .iter()
+            .any(|r| r.client.server() == config.server)
+        {
+            return Err(Error::DuplicateRelay);
+        }
+        let seed = self.shared.rng.next_u64();
+        self.relays.push(Relay {
+            local,
+            client: TurnClient::new(config, now, seed),
+            candidate: None,
+        });
+        Ok(())
+    }
+
+    /// Stops using the relay at `server`: its allocation is released and
+    /// its candidate withdrawn from every connection.
+    pub fn remove_relay(&mut self, now: Instant, server: SocketAddr) -> bool {
+        let Some(i) = self.relays.iter().position(|r| r.client.server() == server) else {
+            return false;
+        };
+        let mut relay = self.relays.remove(i);
+        if let Some(c) = relay.candidate.take() {
+            for conn in self.connections.values_mut() {
+                conn.agent.invalidate_candidate(&c);
+            }
+        }
+        relay.client.release(now);
+        // The release goes out now; the client is dropped after.
+        while let Some(b) = relay.client.poll_transmit() {
+            self.shared.transmits.push_back((
+                None,
+                Transmit {
+                    source: relay.local,
+                    destination: server,
+                    payload: b,
+                },
+            ));
+        }
+        true
+    }
+
+    /// Relays in use: (server, transport, relayed address if allocated).
+    pub fn relays(
+        &self,
+    ) -> impl Iterator<Item = (SocketAddr, crate::turn::Transport, Option<SocketAddr>)> + '_ {
+        self.relays.iter().map(|r| {
+            (
+                r.client.server(),
+                r.client.config().transport,
+                r.client.relayed(),
+            )
+        })
+    }
+
+    /// Turns TURN client events into candidate changes.
+    fn drain_relay_events(&mut self, now: Instant) {
+        for i in 0..self.relays.len() {
+            while let Some(e) = self.relays[i].client.poll_event() {
+                match e {
+                    TurnEvent::Allocated {
+                        relayed, mapped, ..
+                    } => {
+                        let local = self.relays[i].local;
+                        self.withdraw_relayed(i);
+                        let c = match Candidate::relayed(relayed, local, "udp") {
+                            Ok(c) => c,
+                            Err(e) => {
+                                tracing::warn!(%relayed, %e, "relayed address is no candidate");
+                                continue;
+                            }
+                        };
+                        for (id, conn) in &mut self.connections {
+                            if let Some(added) = conn.agent.add_local_candidate(c.clone()) {
+                                push_candidate(id, added, &mut self.shared);
+                            }
+                            conn.drain_ice(id, now, &mut self.shared);
+                        }
+                        self.relays[i].candidate = Some(c);
+                        if mapped != local {
+                            let _ = self.add_server_reflexive_candidate(mapped, local);
+                        }
+                    }
+                    TurnEvent::AllocationLost { relayed } => {
+                        tracing::debug!(%relayed, "relayed candidate withdrawn");
+                        self.withdraw_relayed(i);
+                    }
+                    other => tracing::debug!(?other, "TURN"),
                 }
-                DatagramKind::Unknown => {
-                    self.shared.stats.unknown_datagrams += 1;
-                    None
-                }
-            },
+            }
+        }
+    }
+
+    fn withdraw_relayed(&mut self, i: usize) {
+        if let Some(c) = self.relays[i].candidate.take() {
+            for conn in self.connections.values_mut() {
+                conn.agent.invalidate_candidate(&c);
+            }
         }
     }
 
@@ -417,9 +605,38 @@ impl<K: ConnectionId> Node<K> {
             }
             return None;
         };
-        if buf.len() < (packet.len() + WG_OVERHEAD).max(WG_MIN_BUFFER) {
+        if buf.len() < (packet.len() + WG_OVERHEAD + CHANNEL_OVERHEAD).max(WG_MIN_BUFFER) {
             self.shared.stats.short_buffer += 1;
             return None;
+        }
+        if let Some(relay) = self.relays.iter_mut().find(|r| r.relays_for(path.local)) {
+            let Some(channel) = relay.client.channel_to(path.remote) else {
+                // No channel yet: the client sends a Send indication or
+                // holds the datagram until its permission is installed.
+                if let TunnResult::WriteToNetwork(d) =
+                    conn.tunn.encapsulate(packet, &mut self.shared.scratch)
+                {
+                    relay.client.send_to(now, path.remote, d);
+                }
+                return None;
+            };
+            // ChannelData in place: encrypt behind a 4-byte header.
+            let n = match conn.tunn.encapsulate(packet, &mut buf[4..]) {
+                TunnResult::WriteToNetwork(d) => d.len(),
+                _ => {
+                    self.shared.stats.wireguard_errors += 1;
+                    return None;
+                }
+            };
+            let (header, pad) = relay.client.channel_header(channel, n);
+            buf[..4].copy_from_slice(&header);
+            let end = 4 + n + pad;
+            buf[4 + n..end].fill(0);
+            return Some(Output::Transmit(Transmit {
+                source: relay.local,
+                destination: relay.client.server(),
+                payload: &buf[..end],
+            }));
         }
         match conn.tunn.encapsulate(packet, buf) {
             TunnResult::WriteToNetwork(d) => Some(Output::Transmit(Transmit {
@@ -610,13 +827,25 @@ impl<K: ConnectionId> Node<K> {
             .values_mut()
             .filter_map(|c| c.next_timeout(config))
             .min();
-        [pending, conns, self.rate_reset_at]
+        let relays = self
+            .relays
+            .iter()
+            .filter_map(|r| r.client.poll_timeout())
+            .min();
+        [pending, conns, self.rate_reset_at, relays]
             .into_iter()
             .flatten()
             .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        for r in &mut self.relays {
+            if r.client.poll_timeout().is_some_and(|t| t <= now) {
+                r.client.handle_timeout(now);
+            }
+        }
+        self.drain_relay_events(now);
         if self.rate_reset_at.is_none_or(|t| now >= t) {
             self.rate_limiter.reset_count();
             self.rate_reset_at = (!self.connections.is_empty()).then_some(now + RATE_LIMIT_PERIOD);
@@ -682,7 +911,29 @@ impl<K: ConnectionId> Node<K> {
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit<Vec<u8>>> {
-        self.shared.transmits.pop_front().map(|(_, t)| t)
+        loop {
+            for r in &mut self.relays {
+                if let Some(payload) = r.client.poll_transmit() {
+                    return Some(Transmit {
+                        source: r.local,
+                        destination: r.client.server(),
+                        payload,
+                    });
+                }
+            }
+            let (_, t) = self.shared.transmits.pop_front()?;
+            // Datagrams from a relayed address go to the peer through the
+            // relay (ChannelData, or a Send indication).
+            match (
+                self.relays.iter_mut().find(|r| r.relays_for(t.source)),
+                self.now,
+            ) {
+                (Some(r), Some(now)) => {
+                    r.client.send_to(now, t.destination, &t.payload);
+                }
+                _ => return Some(t),
+            }
+        }
     }
 
     pub fn poll_event(&mut self) -> Option<Event<K>> {

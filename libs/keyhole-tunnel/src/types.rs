@@ -196,6 +196,8 @@ pub enum Error {
     DuplicateConnection,
     #[error("another connection already uses this peer public key")]
     DuplicatePeerKey,
+    #[error("this relay is already in use")]
+    DuplicateRelay,
     #[error("bad ICE candidate: {0}")]
     BadCandidate(String),
 }

@@ -12,6 +12,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use keyhole_proto::{IceCandidate, IceCredentials, PresharedKey};
+use keyhole_stun::auth::{rest_password, rest_username};
+use keyhole_stun::server::{PortRange, Server, ServerConfig, Transmit, Transport};
+use keyhole_tunnel::turn::TurnConfig;
 use keyhole_tunnel::{ConnectionConfig, Event, Input, Node, NodeConfig, Output, Role};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -24,7 +27,11 @@ pub const CLIENT_TUNNEL: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 pub const GATEWAY_TUNNEL: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 /// A resource network behind the gateway.
 pub const RESOURCE: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 5);
-const STUN_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 3478);
+/// The relay: STUN/TURN listener; relayed addresses are on the same IP.
+pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const STUN_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(RELAY_IP), 3478);
+const RELAY_SECRET: &[u8] = b"sim-relay-secret";
+const UNIX0: u64 = 1_800_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NatKind {
@@ -120,8 +127,15 @@ pub struct Sim {
     pub loss: f64,
     pub latency: Duration,
     pub signal_latency: Duration,
-    /// While true every datagram between the hosts is dropped.
+    /// While true every datagram is dropped.
     pub blackhole: bool,
+    /// While true datagrams between the two hosts are dropped (the relay
+    /// still works).
+    pub direct_blocked: bool,
+    /// While true datagrams to and from the relay are dropped.
+    pub relay_down: bool,
+    /// keyhole-stun's TURN server core, if the hosts use a relay.
+    pub relay: Option<Server<PortRange>>,
     in_flight: BinaryHeap<Reverse<(Instant, u64)>>,
     datagrams: HashMap<u64, Datagram>,
     /// (deliver at, to host, from host, signal)
@@ -180,6 +194,9 @@ impl Sim {
             latency: Duration::from_millis(15),
             signal_latency: Duration::from_millis(40),
             blackhole: false,
+            direct_blocked: false,
+            relay_down: false,
+            relay: None,
             in_flight: BinaryHeap::new(),
             datagrams: HashMap::new(),
             signals: VecDeque::new(),
@@ -187,6 +204,53 @@ impl Sim {
             wire: Vec::new(),
             buf: vec![0; 70_000],
         }
+    }
+
+    /// Like [`Sim::new`], with a TURN relay both hosts use.
+    pub fn with_relay(
+        seed: u64,
+        nats: [Option<NatKind>; 2],
+        tweak: impl Fn(&mut NodeConfig),
+    ) -> Self {
+        let mut s = Self::new(seed, nats, tweak);
+        let mut config = ServerConfig::new("keyhole.sim", RELAY_SECRET, seed32(seed, 30));
+        config.relay_ipv4 = Some(RELAY_IP);
+        s.relay = Some(Server::new(
+            config,
+            PortRange::new(50_000..=50_999),
+            s.now,
+            UNIX0,
+        ));
+        for h in 0..s.hosts.len() {
+            let username = rest_username(UNIX0 + 24 * 3600, &format!("host-{h}"));
+            let password = rest_password(RELAY_SECRET, &username);
+            let private = s.hosts[h].private;
+            let now = s.now;
+            s.hosts[h]
+                .node
+                .add_relay(
+                    now,
+                    private,
+                    TurnConfig::new(STUN_SERVER, username, password),
+                )
+                .unwrap();
+            s.drain(h);
+        }
+        s
+    }
+
+    /// The relay loses every allocation (a restart).
+    pub fn restart_relay(&mut self) {
+        let Some(old) = self.relay.take() else { return };
+        let mut config = old.config().clone();
+        config.nonce_secret[0] ^= 0xFF;
+        let unix = UNIX0 + self.elapsed().as_secs();
+        self.relay = Some(Server::new(
+            config,
+            PortRange::new(51_000..=51_999),
+            self.now,
+            unix,
+        ));
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -274,8 +338,17 @@ impl Sim {
             Some(nat) => nat.outbound(source, to),
             None => source,
         };
+        self.put_on_wire(from, to, payload);
+    }
+
+    fn put_on_wire(&mut self, from: SocketAddr, to: SocketAddr, payload: Vec<u8>) {
         self.wire.push(payload.clone());
-        if self.blackhole || self.rng.random_bool(self.loss) {
+        let relayed = from.ip() == IpAddr::V4(RELAY_IP) || to.ip() == IpAddr::V4(RELAY_IP);
+        if self.blackhole
+            || (relayed && self.relay_down)
+            || (!relayed && self.direct_blocked)
+            || self.rng.random_bool(self.loss)
+        {
             return;
         }
         self.seq += 1;
@@ -287,6 +360,17 @@ impl Sim {
 
     fn deliver(&mut self, d: Datagram) {
         if self.blackhole {
+            return;
+        }
+        if d.to.ip() == IpAddr::V4(RELAY_IP) {
+            let now = self.now;
+            let Some(relay) = &mut self.relay else { return };
+            if d.to == STUN_SERVER {
+                relay.handle_input(now, d.from, Transport::Udp, &d.payload);
+            } else {
+                relay.handle_peer_input(now, d.to, d.from, &d.payload);
+            }
+            self.drain_relay();
             return;
         }
         let target = self.hosts.iter().position(|h| match &h.nat {
@@ -340,6 +424,21 @@ impl Sim {
         }
     }
 
+    fn drain_relay(&mut self) {
+        while let Some(t) = self.relay.as_mut().and_then(|r| r.poll_transmit()) {
+            match t {
+                Transmit::ToClient {
+                    client, payload, ..
+                } => self.put_on_wire(STUN_SERVER, client, payload),
+                Transmit::ToPeer {
+                    relay,
+                    peer,
+                    payload,
+                } => self.put_on_wire(relay, peer, payload),
+            }
+        }
+    }
+
     fn next_time(&mut self) -> Option<Instant> {
         let net = self.in_flight.peek().map(|Reverse((t, _))| *t);
         let sig = self.signals.front().map(|s| s.0);
@@ -348,7 +447,8 @@ impl Sim {
             .iter_mut()
             .filter_map(|h| h.node.poll_timeout())
             .min();
-        [net, sig, nodes].into_iter().flatten().min()
+        let relay = self.relay.as_ref().and_then(|r| r.poll_timeout());
+        [net, sig, nodes, relay].into_iter().flatten().min()
     }
 
     /// Advances to the next thing that happens, if it is before `until`.
@@ -385,6 +485,12 @@ impl Sim {
                 Signal::Credentials(c) => node.set_remote_credentials(now, &from, &c),
             };
             self.drain(to);
+        }
+        if let Some(r) = &mut self.relay
+            && r.poll_timeout().is_some_and(|t| t <= self.now)
+        {
+            r.handle_timeout(self.now);
+            self.drain_relay();
         }
         for h in 0..self.hosts.len() {
             if self.hosts[h]
