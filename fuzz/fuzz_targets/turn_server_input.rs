@@ -86,6 +86,7 @@ fuzz_target!(|data: &[u8]| {
     let username = rest_username(UNIX0 + 5000, "fuzz");
     let key = long_term_key(&username, REALM, &rest_password(SECRET, &username));
     let mut relays: Vec<SocketAddr> = Vec::new();
+    let mut channels: Vec<u16> = Vec::new();
     let mut nonce = String::new();
     let mut tid = 0u64;
 
@@ -141,12 +142,25 @@ fuzz_target!(|data: &[u8]| {
                 server.handle_input(now, client, transport, &b.finish());
             }
             3 => {
+                // ChannelData on a channel some allocation bound (or any number).
+                let sel = input.byte().unwrap_or(0);
+                let channel = channels
+                    .get(usize::from(sel) % channels.len().max(1))
+                    .copied()
+                    .unwrap_or(0x4000 | u16::from(sel));
                 let data = input.chunk();
-                let (ch, rest) = data.split_at(data.len().min(1));
-                let channel = 0x4000 | u16::from(ch.first().copied().unwrap_or(0) & 0x0f);
-                if let Ok(frame) = (ChannelData { channel, data: rest }).encode(transport == Transport::Tcp) {
+                if let Ok(frame) = (ChannelData { channel, data }).encode(transport == Transport::Tcp) {
                     server.handle_input(now, client, transport, &frame);
                 }
+            }
+            4 if op & 0x80 != 0 => {
+                // Send indication toward one of the peers.
+                let sel = input.byte().unwrap_or(0);
+                let peer: SocketAddr = PEERS[usize::from(sel) % PEERS.len()].parse().unwrap();
+                let mut b = MessageBuilder::new(MessageType::new(Class::Indication, Method::SEND), tid);
+                let _ = b.add(&Attribute::XorPeerAddress(peer));
+                let _ = b.add(&Attribute::Data(input.chunk()));
+                server.handle_input(now, client, transport, &b.finish());
             }
             4 => {
                 let sel = input.byte().unwrap_or(0);
@@ -193,6 +207,7 @@ fuzz_target!(|data: &[u8]| {
             match e {
                 Event::AllocationCreated { relays: r, .. } => relays.extend(r),
                 Event::AllocationDeleted { relays: r, .. } => relays.retain(|x| !r.contains(x)),
+                Event::ChannelBound { channel, .. } => channels.push(channel),
                 _ => {}
             }
         }
