@@ -94,6 +94,8 @@ pub(crate) struct Connection {
     /// We restarted ICE and wait for the peer's new credentials.
     pub(crate) awaiting_remote_credentials: bool,
     pub(crate) wireguard_tick_at: Instant,
+    /// ICE is off: the path is fixed by the config (and roams).
+    pub(crate) is_static: bool,
 }
 
 impl Connection {
@@ -137,6 +139,11 @@ impl Connection {
     /// Moves the agent's datagrams and events out, reacting to nomination
     /// and path death.
     pub(crate) fn drain_ice<K: Clone>(&mut self, id: &K, now: Instant, out: &mut Shared<K>) {
+        if self.is_static {
+            while self.agent.poll_transmit().is_some() {}
+            while self.agent.poll_event().is_some() {}
+            return;
+        }
         while let Some(t) = self.agent.poll_transmit() {
             out.queue(id, t.source, t.destination, t.contents.into());
         }

@@ -230,8 +230,16 @@ impl<K: ConnectionId> Node<K> {
             restart_at: None,
             awaiting_remote_credentials: false,
             wireguard_tick_at: now + self.shared.config.wireguard_tick,
+            is_static: config.static_path.is_some(),
         };
-        conn.signal_candidates(&id, &self.srflx_candidates, &mut self.shared);
+        if let Some(path) = config.static_path {
+            conn.path = Some(path);
+            if conn.role == Role::Initiator {
+                conn.start_handshake(&id, now, false, &mut self.shared);
+            }
+        } else {
+            conn.signal_candidates(&id, &self.srflx_candidates, &mut self.shared);
+        }
         conn.drain_ice(&id, now, &mut self.shared);
 
         self.by_index.insert(index, id.clone());
@@ -797,6 +805,20 @@ impl<K: ConnectionId> Node<K> {
                 None
             }
         };
+        if conn.is_static
+            && output.is_some()
+            && conn
+                .path
+                .is_some_and(|p| p.remote != from || p.local != local)
+        {
+            // Roaming, as WireGuard does: answer where authenticated
+            // packets come from.
+            conn.path = Some(crate::types::Path {
+                local,
+                remote: from,
+                kind: crate::types::PathKind::Direct,
+            });
+        }
         if is_response {
             // Packets boringtun itself queued while it had no session.
             while let TunnResult::WriteToNetwork(q) =

@@ -95,6 +95,10 @@ pub struct ConnectionConfig {
     pub remote_credentials: IceCredentials,
     /// WireGuard persistent keepalive in seconds (boringtun's own timer).
     pub persistent_keepalive: Option<u16>,
+    /// Skip ICE and use this path from the start, roaming to wherever
+    /// authenticated WireGuard packets come from (plain WireGuard
+    /// behaviour, for peers that do not speak ICE, e.g. wireguard-go).
+    pub static_path: Option<Path>,
 }
 
 /// Node-wide settings. Durations are on the caller's clock (`now`).

@@ -361,3 +361,37 @@ fn same_seed_same_timeline() {
     assert!(!first[0].is_empty());
     assert_eq!(first, run());
 }
+
+#[test]
+fn static_paths_skip_ice_and_roam() {
+    let mut s = Sim::new(11, [None, None], |_| {});
+    let addrs = [s.hosts[0].private, s.hosts[1].private];
+    s.connection_tweak = Some(Box::new(move |i, c| {
+        c.static_path = Some(keyhole_tunnel::Path {
+            local: addrs[i],
+            // The gateway starts with a wrong idea of the client's
+            // address: it roams to where the handshake comes from.
+            remote: if i == CLIENT {
+                addrs[GATEWAY]
+            } else {
+                "192.0.2.99:9".parse().unwrap()
+            },
+            kind: PathKind::Direct,
+        });
+    }));
+    s.authorize();
+    assert!(s.run_until(SECS(5), Sim::both_up), "{}", s.timeline(CLIENT));
+    assert_eq!(up_path(&s, GATEWAY).remote, addrs[CLIENT]);
+    // No ICE at all: no STUN on the wire, no candidates signalled.
+    assert!(
+        !s.wire
+            .iter()
+            .any(|d| d.len() >= 8 && d[4..8] == [0x21, 0x12, 0xA4, 0x42])
+    );
+    assert!(
+        !s.events_of(CLIENT)
+            .any(|e| matches!(e, Event::LocalCandidate { .. }))
+    );
+    let (a, b) = exchange(&mut s, 0, 10);
+    assert_eq!((a.len(), b.len()), (10, 10));
+}

@@ -136,6 +136,9 @@ pub struct Sim {
     pub relay_down: bool,
     /// keyhole-stun's TURN server core, if the hosts use a relay.
     pub relay: Option<Server<PortRange>>,
+    /// Changes each side's connection config in `authorize`.
+    #[allow(clippy::type_complexity)]
+    pub connection_tweak: Option<Box<dyn Fn(usize, &mut ConnectionConfig)>>,
     in_flight: BinaryHeap<Reverse<(Instant, u64)>>,
     datagrams: HashMap<u64, Datagram>,
     /// (deliver at, to host, from host, signal)
@@ -197,6 +200,7 @@ impl Sim {
             direct_blocked: false,
             relay_down: false,
             relay: None,
+            connection_tweak: None,
             in_flight: BinaryHeap::new(),
             datagrams: HashMap::new(),
             signals: VecDeque::new(),
@@ -257,6 +261,14 @@ impl Sim {
         self.now - self.start
     }
 
+    /// Hook for tests to change a side's connection config before it is
+    /// added (set through `connection_tweak`).
+    fn tweak_connection(&self, i: usize, config: &mut ConnectionConfig) {
+        if let Some(f) = &self.connection_tweak {
+            f(i, config);
+        }
+    }
+
     /// What the portal does on authorisation: both sides get a connection
     /// and routes (client: the resource network and the gateway's tunnel
     /// address; gateway: the client's tunnel address).
@@ -271,7 +283,7 @@ impl Sim {
         let keys: Vec<_> = self.hosts.iter().map(|h| h.node.public_key()).collect();
         for i in 0..2 {
             let peer = 1 - i;
-            let config = ConnectionConfig {
+            let mut config = ConnectionConfig {
                 role: if i == CLIENT {
                     Role::Initiator
                 } else {
@@ -282,7 +294,9 @@ impl Sim {
                 local_credentials: creds[i].clone(),
                 remote_credentials: creds[peer].clone(),
                 persistent_keepalive: None,
+                static_path: None,
             };
+            self.tweak_connection(i, &mut config);
             let now = self.now;
             self.hosts[i]
                 .node
