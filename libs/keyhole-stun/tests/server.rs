@@ -596,9 +596,13 @@ fn allocation_expires_after_its_lifetime() {
     let creds = Creds::valid_for("alice", 7200);
     h.allocate(&creds);
     h.events();
+    // The rate limiter's sweep may come first; the expiry is never later.
+    assert!(h.server.poll_timeout().unwrap() <= h.t0 + Duration::from_secs(600));
+    h.at(100);
     assert_eq!(
         h.server.poll_timeout(),
-        Some(h.t0 + Duration::from_secs(600))
+        Some(h.t0 + Duration::from_secs(600)),
+        "only the allocation is left to time out"
     );
     h.at(599);
     assert_eq!(h.server.allocation_count(), 1);
@@ -1166,4 +1170,15 @@ fn unused_reservations_expire_and_free_their_port() {
         Some(&creds),
     );
     assert_eq!(r.code(), Some(508));
+}
+
+#[test]
+fn rate_limit_state_is_swept_on_a_timer() {
+    let mut h = Harness::new();
+    assert_eq!(h.server.poll_timeout(), None);
+    h.request_from(client(), Transport::Udp, Method::BINDING, &[], None);
+    let t = h.server.poll_timeout().expect("a sweep is scheduled");
+    assert!(t > h.now && t <= h.now + Duration::from_secs(60));
+    h.at(120);
+    assert_eq!(h.server.poll_timeout(), None, "nothing left to sweep");
 }

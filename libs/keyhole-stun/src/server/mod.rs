@@ -225,6 +225,14 @@ impl<P: RelayPortAllocator> Server<P> {
         transport: Transport,
         data: &[u8],
     ) {
+        self.dispatch(now, from, transport, data);
+        // Rate-limit buckets need a sweep even when nothing else is scheduled.
+        if self.next_timeout.is_none() && !self.rate.is_empty() {
+            self.bump_timeout(now + SWEEP_INTERVAL);
+        }
+    }
+
+    fn dispatch(&mut self, now: Instant, from: SocketAddr, transport: Transport, data: &[u8]) {
         match data.first() {
             Some(0..=3) => match Message::parse(data) {
                 Ok(msg) => self.handle_message(now, from, transport, &msg),
