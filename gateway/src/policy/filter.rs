@@ -4,7 +4,7 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{SchedClassifier, TcAttachType},
+    programs::{ProgramInfo, SchedClassifier, TcAttachType},
 };
 use keyhole_ebpf_common::policy::{
     AUTH_COUNTERS_MAP, AuthCounter, DEFAULT_MAX_ENTRIES, POLICY_V4_MAP, POLICY_V6_MAP, PolicyKeyV4,
@@ -95,10 +95,18 @@ impl PolicyFilter {
         &self.interface
     }
 
-    /// The kernel's id of the loaded program (as `bpftool prog show` lists it).
-    pub fn program_id(&self) -> Option<u32> {
+    /// What the kernel says about the loaded program (id, verified
+    /// instruction count, translated size), as `bpftool prog show` lists it.
+    pub fn program_info(&self) -> Option<ProgramInfo> {
         let program: &SchedClassifier = self.ebpf.program(PROGRAM)?.try_into().ok()?;
-        program.info().ok().map(|info| info.id())
+        program.info().ok()
+    }
+
+    /// Ids of the TCX programs on `interface`'s ingress (in the calling
+    /// thread's network namespace): a check that the filter is in place.
+    pub fn ingress_program_ids(interface: &str) -> Result<Vec<u32>, PolicyError> {
+        let (_, programs) = SchedClassifier::query_tcx(interface, TcAttachType::Ingress)?;
+        Ok(programs.iter().map(ProgramInfo::id).collect())
     }
 
     /// The authorisations in force.

@@ -13,8 +13,7 @@ use anyhow::{Context, Result, bail};
 use keyhole_gateway::policy::PolicyFilter;
 use keyhole_tests_netns::{Netns, PipeHandle, Tun, tun_pipe, veth};
 use nix::sys::socket::{
-    AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket,
-    sockopt,
+    AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket, sockopt,
 };
 use nix::sys::time::TimeVal;
 
@@ -67,14 +66,30 @@ impl Topology {
                 }
             }"#,
         )?;
-        let tc0 = Tun::create(&client, "tc0", &[&format!("{A}/32"), &format!("{B}/32"), &format!("{A6}/128"), &format!("{B6}/128")])?;
+        let tc0 = Tun::create(
+            &client,
+            "tc0",
+            &[
+                &format!("{A}/32"),
+                &format!("{B}/32"),
+                &format!("{A6}/128"),
+                &format!("{B6}/128"),
+            ],
+        )?;
         client.add_route_dev("10.0.1.0/24", "tc0")?;
         client.add_route_dev("fd00:1::/64", "tc0")?;
 
         let tg0 = Tun::create(&gateway, "tg0", &["100.64.0.1/32", "fd00:64::1/128"])?;
         gateway.add_route_dev("100.64.0.0/10", "tg0")?;
         gateway.add_route_dev("fd00:64::/64", "tg0")?;
-        veth(&gateway, "eth0", "10.0.1.1/24", &resource, "eth0", &format!("{R2}/24"))?;
+        veth(
+            &gateway,
+            "eth0",
+            "10.0.1.1/24",
+            &resource,
+            "eth0",
+            &format!("{R2}/24"),
+        )?;
         gateway.add_addr("eth0", "fd00:1::1/64")?;
         resource.add_addr("eth0", &format!("{R3}/24"))?;
         resource.add_addr("eth0", &format!("{R2_6}/64"))?;
@@ -82,6 +97,13 @@ impl Topology {
         resource.default_route("10.0.1.1")?;
         resource.default_route("fd00:1::1")?;
         gateway.enable_forwarding()?;
+        // Resolve neighbours on the veth both ways (and let IPv6 settle), so
+        // the first packets through the filter don't race link set-up.
+        let t = Duration::from_secs(5);
+        resource.ping(ip("10.0.1.1"), t)?;
+        resource.ping(ip("fd00:1::1"), t)?;
+        gateway.ping(ip(R2_6), t)?;
+        gateway.ping(ip(R3_6), t)?;
 
         let filter = gateway
             .enter(|| PolicyFilter::attach_with_capacity("tg0", capacity))
@@ -126,7 +148,11 @@ impl Topology {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("traffic did not settle: piped {} but {} verdicts", now.0, now.1);
+                bail!(
+                    "traffic did not settle: piped {} but {} verdicts",
+                    now.0,
+                    now.1
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -150,7 +176,12 @@ pub struct Servers {
 }
 
 impl Servers {
-    pub fn start(ns: &Netns, addrs: &[&str], tcp_ports: &[u16], udp_ports: &[u16]) -> Result<Servers> {
+    pub fn start(
+        ns: &Netns,
+        addrs: &[&str],
+        tcp_ports: &[u16],
+        udp_ports: &[u16],
+    ) -> Result<Servers> {
         let (listeners, sockets) = ns.enter(|| -> Result<_> {
             let mut listeners = Vec::new();
             let mut sockets = Vec::new();
@@ -173,7 +204,9 @@ impl Servers {
         let mut threads = Vec::new();
         for l in listeners {
             let (arrivals, stop) = (arrivals.clone(), stop.clone());
-            threads.push(std::thread::spawn(move || tcp_echo_server(l, &arrivals, &stop)));
+            threads.push(std::thread::spawn(move || {
+                tcp_echo_server(l, &arrivals, &stop)
+            }));
         }
         for s in sockets {
             let (arrivals, stop) = (arrivals.clone(), stop.clone());
@@ -244,12 +277,20 @@ fn udp_sink(s: UdpSocket, arrivals: &Mutex<Vec<Arrival>>, stop: &AtomicBool) {
 /// to EOF, close. Returns the echo.
 pub fn tcp_echo(ns: &Netns, src: IpAddr, dst: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
     ns.enter(|| -> Result<Vec<u8>> {
-        let family = if src.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        let family = if src.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
         let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
         // Linux bounds a blocking connect by the send timeout.
         setsockopt(&fd, sockopt::SendTimeout, &TimeVal::new(1, 0))?;
-        bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(src, 0)))?;
-        connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)).with_context(|| format!("connect {src} -> {dst}"))?;
+        bind(
+            fd.as_raw_fd(),
+            &SockaddrStorage::from(SocketAddr::new(src, 0)),
+        )?;
+        connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))
+            .with_context(|| format!("connect {src} -> {dst}"))?;
         let mut stream = TcpStream::from(fd);
         stream.set_read_timeout(Some(Duration::from_secs(3)))?;
         stream.write_all(payload)?;

@@ -24,7 +24,14 @@ fn checksum(chunks: &[&[u8]]) -> u16 {
 
 /// An IPv4 packet. `frag` is the 16-bit flags+offset field; `options` is
 /// appended to the header (a multiple of 4 bytes).
-pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, frag: u16, options: &[u8], payload: &[u8]) -> Vec<u8> {
+pub fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    frag: u16,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
     let ihl = 20 + options.len();
     let total = (ihl + payload.len()) as u16;
     let mut p = vec![0x40 | (ihl / 4) as u8, 0];
