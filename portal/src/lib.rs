@@ -2,4 +2,5 @@
 //! `keyhole-portal` binary wires to sockets and the database.
 
 pub mod policy;
+pub mod state;
 pub mod store;
