@@ -751,3 +751,97 @@ fn attaches_to_ingress_and_detaches_on_drop() {
     assert!(ping(&client, ip(A), ip(R2), 1).unwrap());
     drop((pipe, resource));
 }
+
+/// Authorisations covering and sharing a live flow's entry are added and
+/// removed over and over while the flow runs: not one of its packets is
+/// denied or lost, and all are counted on its own authorisation.
+#[test]
+fn updates_while_traffic_flows_drop_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (mut topo, _) = Topology::new(true, 1024).unwrap();
+    let servers = Servers::start(&topo.resource, &[R2], &[], &[5353]).unwrap();
+    let flow = AuthorizationId(1);
+    topo.filter
+        .add_authorization(auth(
+            1,
+            A,
+            "10.0.1.2/32",
+            Protocol::Udp,
+            PortRange::single(5353),
+        ))
+        .unwrap();
+    // Covering prefixes of the same client (pushed down into the flow's
+    // entry), a sibling rule in that entry, and another client's.
+    let churn = [
+        auth(10, A, "10.0.1.0/24", Protocol::Tcp, PortRange::ALL),
+        auth(11, A, "10.0.0.0/16", Protocol::Icmp, PortRange::ALL),
+        auth(
+            12,
+            A,
+            "0.0.0.0/0",
+            Protocol::Tcp,
+            PortRange::new(1, 2).unwrap(),
+        ),
+        auth(13, A, "10.0.1.2/32", Protocol::Tcp, PortRange::single(22)),
+        auth(14, A, "10.0.1.2/31", Protocol::Udp, PortRange::single(5354)),
+        auth(15, B, "10.0.1.0/24", Protocol::Udp, PortRange::single(5353)),
+    ];
+
+    let before = topo.filter.counters().unwrap();
+    let piped_before = topo.piped();
+    let stop = AtomicBool::new(false);
+    let mut rounds = 0;
+    let sent = std::thread::scope(|s| {
+        let sender = s.spawn(|| {
+            topo.client.enter(|| {
+                let sock = std::net::UdpSocket::bind((ip(A), 0)).unwrap();
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    sock.send_to(&n.to_be_bytes(), (ip(R2), 5353)).unwrap();
+                    n += 1;
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                n
+            })
+        });
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(2) {
+            for a in &churn {
+                topo.filter.add_authorization(*a).unwrap();
+            }
+            // Remove in another order than added.
+            for a in churn.iter().rev().step_by(2).chain(churn.iter().step_by(2)) {
+                topo.filter.remove_authorization(a.id).unwrap();
+            }
+            rounds += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        sender.join().unwrap()
+    });
+    topo.settle(piped_before, before.total()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    eprintln!(
+        "{sent} datagrams during {rounds} rounds of {} adds and removes",
+        churn.len()
+    );
+    assert!(sent > 500 && rounds > 10, "sent {sent}, rounds {rounds}");
+
+    let delta = topo.filter.counters().unwrap().since(&before);
+    assert_eq!(delta.get(Verdict::Allowed), u64::from(sent), "{delta:?}");
+    assert_eq!(delta.total(), u64::from(sent), "{delta:?}");
+    assert_eq!(
+        topo.filter.authorization_counters(flow).unwrap().packets,
+        u64::from(sent)
+    );
+    let mut seqs: Vec<u32> = servers
+        .take()
+        .iter()
+        .map(|a| u32::from_be_bytes(a.payload[..4].try_into().unwrap()))
+        .collect();
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        (0..sent).collect::<Vec<_>>(),
+        "every datagram arrives once"
+    );
+}
