@@ -51,9 +51,8 @@ fn bpf_linker_dir() -> Option<PathBuf> {
             return Some(dir);
         }
     }
-    env::var_os("PATH").and_then(|path| {
-        env::split_paths(&path).find(|dir| dir.join("bpf-linker").is_file())
-    })
+    env::var_os("PATH")
+        .and_then(|path| env::split_paths(&path).find(|dir| dir.join("bpf-linker").is_file()))
 }
 
 /// Builds the `keyhole-ebpf` package's programs into `OUT_DIR`.
@@ -95,9 +94,7 @@ pub fn build_programs(features: &[&str]) {
         no_default_features: false,
         features,
     };
-    if let Err(err) =
-        aya_build::build_ebpf([package], aya_build::Toolchain::Custom(TOOLCHAIN))
-    {
+    if let Err(err) = aya_build::build_ebpf([package], aya_build::Toolchain::Custom(TOOLCHAIN)) {
         panic!("building eBPF programs failed: {err:#}");
     }
 }
