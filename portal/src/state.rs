@@ -21,7 +21,10 @@ pub enum Change {
     GroupChanged(Uuid),
     GroupDeleted(Uuid),
     /// Group membership of an actor (user or service account) changed.
-    MembershipChanged { group: Uuid, actor: Uuid },
+    MembershipChanged {
+        group: Uuid,
+        actor: Uuid,
+    },
     ActorChanged(Uuid),
     ActorDeleted(Uuid),
     ClientChanged(Uuid),
