@@ -56,8 +56,19 @@ pub fn run_all(per_target: Duration, filter: Option<&str>) -> anyhow::Result<()>
         .filter(|t| filter.is_none_or(|f| t.contains(f)))
     {
         eprintln!("fuzz: {t} for {}s", per_target.as_secs());
-        run(nightly_cargo()
-            .args(["fuzz", "run", t, "--"])
+        // corpus/<t> accumulates across runs; seeds/<t> holds the
+        // committed starting inputs.
+        let fuzz_dir = workspace_root().join("fuzz");
+        let corpus = fuzz_dir.join("corpus").join(t);
+        std::fs::create_dir_all(&corpus)?;
+        let mut c = nightly_cargo();
+        c.args(["fuzz", "run", t]).arg(&corpus);
+        let seeds = fuzz_dir.join("seeds").join(t);
+        if seeds.is_dir() {
+            c.arg(&seeds);
+        }
+        run(c
+            .arg("--")
             .arg(format!("-max_total_time={}", per_target.as_secs()))
             .arg("-print_final_stats=1"))?;
     }

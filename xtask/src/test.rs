@@ -45,7 +45,10 @@ pub fn run_cmd(args: TestArgs) -> anyhow::Result<()> {
         }
         phases.time("tests", || {
             run(cargo()
-                .args(["test", "--workspace", "--locked", "--"])
+                .args(["test", "--workspace", "--locked"])
+                // Interop tests must not skip when their peer is missing.
+                .env("KEYHOLE_REQUIRE_COTURN", "1")
+                .arg("--")
                 .args(&args.test_args))
         })?;
         phases.time("vm", || {
