@@ -16,6 +16,8 @@
 
 mod buffer;
 mod connection;
+#[cfg(feature = "io")]
+pub mod io;
 mod node;
 mod packet;
 mod relay;
