@@ -1,9 +1,11 @@
 //! Counter snapshots, summed over CPUs.
 
+use std::fmt;
+
 use keyhole_ebpf_common::policy::Verdict;
 
 /// Packets per verdict since the filter was loaded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct VerdictCounters {
     counts: [u64; Verdict::COUNT as usize],
 }
@@ -35,6 +37,14 @@ impl VerdictCounters {
     /// `(verdict, count)` for every verdict.
     pub fn iter(&self) -> impl Iterator<Item = (Verdict, u64)> + '_ {
         Verdict::ALL.iter().map(|v| (*v, self.get(*v)))
+    }
+}
+
+impl fmt::Debug for VerdictCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.iter().filter(|(_, n)| *n != 0))
+            .finish()
     }
 }
 

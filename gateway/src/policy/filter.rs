@@ -116,6 +116,10 @@ impl PolicyFilter {
 
     /// Admits `auth`'s traffic. Safe while traffic flows: nothing that was
     /// allowed is dropped during the update. On error the filter is as before.
+    ///
+    /// To change an authorisation (ports, prefix), add the new one under a
+    /// new id and then remove the old: each step alone never interrupts a
+    /// flow both allow, whereas remove-then-add would.
     pub fn add_authorization(&mut self, auth: Authorization) -> Result<(), PolicyError> {
         let change = self.table.plan_add(auth)?;
         self.apply(change)?;

@@ -36,3 +36,35 @@ impl From<EntryKey> for TrieKey {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_put_the_client_first_and_count_its_bits() {
+        let key = |client: &str, dst: &str| {
+            TrieKey::from(EntryKey {
+                client: client.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+            })
+        };
+        let TrieKey::V4(k) = key("100.64.0.2", "10.0.1.0/24") else {
+            panic!("not v4")
+        };
+        assert_eq!(k.prefix_len(), 56);
+        assert_eq!(
+            k.data(),
+            PolicyKeyV4 {
+                client: [100, 64, 0, 2],
+                dst: [10, 0, 1, 0]
+            }
+        );
+        let TrieKey::V6(k) = key("fd00:64::2", "fd00:1::/64") else {
+            panic!("not v6")
+        };
+        assert_eq!(k.prefix_len(), 192);
+        assert_eq!(k.data().client[..2], [0xfd, 0x00]);
+        assert_eq!(k.data().dst[..4], [0xfd, 0x00, 0x00, 0x01]);
+    }
+}

@@ -419,7 +419,7 @@ fn random_changes_never_drop_flows_allowed_on_both_sides() {
     let mut trie = ModelTrie::default();
     let mut live: Vec<Authorization> = Vec::new();
     let mut next_id = 0u128;
-    for step in 0..1500 {
+    for step in 0..1000 {
         let before = live.clone();
         let change = if live.is_empty() || !rng.next().is_multiple_of(3) {
             let client = rng.pick(&clients);
@@ -470,5 +470,5 @@ fn random_changes_never_drop_flows_allowed_on_both_sides() {
         let entries = trie.0.keys().filter(|k| k.dst.addr().is_ipv4()).count() as u32;
         assert_eq!(table.entries(), (entries, trie.0.len() as u32 - entries));
     }
-    assert!(next_id > 700, "the test made too few changes: {next_id}");
+    assert!(next_id > 500, "the test made too few changes: {next_id}");
 }
