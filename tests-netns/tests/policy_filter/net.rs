@@ -273,9 +273,15 @@ fn udp_sink(s: UdpSocket, arrivals: &Mutex<Vec<Arrival>>, stop: &AtomicBool) {
     }
 }
 
-/// TCP from `src` to `dst`: connect (1 s), send `payload`, read the echo
+/// TCP from `src` to `dst`: connect (within `connect_secs`), send `payload`, read the echo
 /// to EOF, close. Returns the echo.
-pub fn tcp_echo(ns: &Netns, src: IpAddr, dst: SocketAddr, payload: &[u8]) -> Result<Vec<u8>> {
+pub fn tcp_echo(
+    ns: &Netns,
+    src: IpAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+    connect_secs: i64,
+) -> Result<Vec<u8>> {
     ns.enter(|| -> Result<Vec<u8>> {
         let family = if src.is_ipv4() {
             AddressFamily::Inet
@@ -284,7 +290,7 @@ pub fn tcp_echo(ns: &Netns, src: IpAddr, dst: SocketAddr, payload: &[u8]) -> Res
         };
         let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
         // Linux bounds a blocking connect by the send timeout.
-        setsockopt(&fd, sockopt::SendTimeout, &TimeVal::new(1, 0))?;
+        setsockopt(&fd, sockopt::SendTimeout, &TimeVal::new(connect_secs, 0))?;
         bind(
             fd.as_raw_fd(),
             &SockaddrStorage::from(SocketAddr::new(src, 0)),

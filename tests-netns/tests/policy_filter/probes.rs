@@ -78,7 +78,10 @@ impl<'a> Probes<'a> {
         let what = format!("{name}: {kind:?} {src} -> {dst}, expecting {expect:?}");
         match kind {
             Kind::Tcp(port) => {
-                let got = tcp_echo(c, src, SocketAddr::new(dst, port), &payload);
+                // A denied SYN is dropped at once; an allowed one may be slow
+                // on a loaded machine.
+                let wait = if allowed { 5 } else { 1 };
+                let got = tcp_echo(c, src, SocketAddr::new(dst, port), &payload, wait);
                 match (allowed, got) {
                     (true, Ok(echo)) => assert_eq!(echo, payload, "{what}"),
                     (false, Err(_)) => {}
