@@ -1,6 +1,7 @@
 //! Keyhole portal library: the parts of the control plane that the
 //! `keyhole-portal` binary wires to sockets and the database.
 
+pub mod api;
 pub mod policy;
 pub mod state;
 pub mod store;

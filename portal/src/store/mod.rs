@@ -9,13 +9,19 @@
 //! Methods take `now` from the caller like the rest of the portal's logic.
 
 mod actors;
+mod actors_admin;
 mod clients;
+mod clients_admin;
 mod error;
 mod flow_log;
+mod flow_log_admin;
 mod network;
+mod network_admin;
 mod resources;
+mod resources_admin;
 mod snapshot;
 mod tokens;
+mod tokens_admin;
 
 use std::{path::Path, str::FromStr};
 
@@ -28,12 +34,16 @@ use sqlx::{
 use uuid::Uuid;
 
 pub use actors::{Group, ServiceAccount, User};
+pub use actors_admin::UserUpdate;
 pub use clients::ClientRecord;
 pub use error::StoreError;
 pub use flow_log::{FlowDecision, FlowLogEntry};
+pub use flow_log_admin::FlowLogFilter;
 pub use network::{GatewayRecord, GatewayRegistration, RelayRecord, Site};
 pub use resources::{NewPolicy, NewResource, PolicyRecord};
+pub use resources_admin::PolicyFilter;
 pub use tokens::{IssuedToken, TokenInfo, TokenKind, TokenOwner};
+pub use tokens_admin::TokenRecord;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

@@ -63,12 +63,12 @@ fn backend_str(b: WireguardBackend) -> &'static str {
     }
 }
 
-fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T> {
+pub(super) fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T> {
     s.parse()
         .map_err(|_| StoreError::Corrupt(format!("bad {what} `{s}` in database")))
 }
 
-type GatewayRow = (
+pub(super) type GatewayRow = (
     String,
     String,
     String,
@@ -82,10 +82,10 @@ type GatewayRow = (
     Option<i64>,
 );
 
-const GATEWAY_COLUMNS: &str = "id, site_id, name, public_key, ipv4, ipv6, version, backend, \
+pub(super) const GATEWAY_COLUMNS: &str = "id, site_id, name, public_key, ipv4, ipv6, version, backend, \
                                online, remote_ip, last_seen_at";
 
-fn gateway_from_row(r: GatewayRow) -> Result<GatewayRecord> {
+pub(super) fn gateway_from_row(r: GatewayRow) -> Result<GatewayRecord> {
     let (id, site, name, key, v4, v6, version, backend, online, remote, seen) = r;
     Ok(GatewayRecord {
         id: GatewayId(parse_uuid(&id)?),

@@ -60,9 +60,12 @@ fn address_from_columns(kind: &str, value: Option<&str>) -> Result<ResourceAddre
     })
 }
 
-type ResourceRow = (String, String, String, Option<String>, String);
+pub(super) type ResourceRow = (String, String, String, Option<String>, String);
 
-async fn site_ids_of(tx: &mut Transaction<'static, Any>, id: &str) -> Result<Vec<SiteId>> {
+pub(super) async fn site_ids_of(
+    tx: &mut Transaction<'static, Any>,
+    id: &str,
+) -> Result<Vec<SiteId>> {
     let rows: Vec<(String,)> = sqlx::query_as(
         "SELECT site_id FROM resource_sites WHERE resource_id = $1 ORDER BY site_id",
     )

@@ -30,7 +30,7 @@ pub enum TokenKind {
 }
 
 impl TokenKind {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Self::AdminApi => "admin_api",
             Self::ServiceAccount => "service_account",
@@ -40,7 +40,7 @@ impl TokenKind {
         }
     }
 
-    fn parse(s: &str) -> Result<Self> {
+    pub(super) fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "admin_api" => Self::AdminApi,
             "service_account" => Self::ServiceAccount,
