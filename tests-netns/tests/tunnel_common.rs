@@ -1,0 +1,103 @@
+//! Shared by the tunnel_* tests (included with `#[path]`): finding the
+//! `keyhole-tunnel-peer` example binary, keys, and starting peers.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use keyhole_tests_netns::{Netns, Proc};
+
+/// The peer binary: `KEYHOLE_TUNNEL_PEER`, else the release or debug build
+/// under `CARGO_TARGET_DIR` or the workspace `target/`. Build it first with
+/// `cargo build --release -p keyhole-tunnel --features io --example keyhole-tunnel-peer`.
+pub fn peer_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("KEYHOLE_TUNNEL_PEER") {
+        return p.into();
+    }
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
+        dirs.push(t.into());
+    }
+    dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    for d in &dirs {
+        for profile in ["release", "debug"] {
+            let p = d.join(profile).join("examples/keyhole-tunnel-peer");
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "keyhole-tunnel-peer not found in {dirs:?}: build it with `cargo build --release \
+         -p keyhole-tunnel --features io --example keyhole-tunnel-peer` or set KEYHOLE_TUNNEL_PEER"
+    );
+}
+
+/// A WireGuard key pair from `wg genkey | wg pubkey`.
+pub fn keypair(ns: &Netns) -> (String, String) {
+    let private = ns.run("wg", ["genkey"]).unwrap().trim().to_string();
+    let public = ns
+        .run_with_stdin("wg", ["pubkey"], private.as_bytes())
+        .unwrap()
+        .trim()
+        .to_string();
+    (private, public)
+}
+
+pub fn spawn_peer(ns: &Netns, args: &[String]) -> Proc {
+    let bin = peer_binary();
+    let p = ns.spawn(bin.to_str().unwrap(), args).unwrap();
+    p.wait_for_output("READY", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("peer did not start: {e}\n{}", p.output_so_far()));
+    p
+}
+
+/// Seconds (as the peer printed them) at which its connection came up.
+pub fn wait_up(p: &Proc, timeout: Duration) -> f64 {
+    let start = Instant::now();
+    loop {
+        let out = p.stdout_so_far();
+        if let Some(line) = out.lines().find(|l| l.contains("ConnectionUp")) {
+            return line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(f64::NAN);
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no ConnectionUp within {timeout:?}:\n{}",
+            p.output_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `len` bytes over TCP from `client` to a listener in `server` at
+/// `addr` and checks they arrive intact (the listener echoes a digest).
+pub fn tcp_transfer(server: &Netns, client: &Netns, addr: std::net::SocketAddr, len: usize) {
+    use std::io::{Read, Write};
+    let listener = server.enter(|| std::net::TcpListener::bind(addr)).unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        let sum: u64 = got.iter().map(|&b| u64::from(b)).sum();
+        s.write_all(format!("{} {}", got.len(), sum).as_bytes())
+            .unwrap();
+    });
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let want: u64 = data.iter().map(|&b| u64::from(b)).sum();
+    let mut c = client
+        .enter(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(&data).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    t.join().unwrap();
+    assert_eq!(answer, format!("{len} {want}"));
+}

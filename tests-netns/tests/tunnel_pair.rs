@@ -1,0 +1,137 @@
+//! Two real keyhole-tunnel-peer processes over a veth pair, each with its
+//! own TUN: ICE over host candidates, WireGuard, then ping and TCP through
+//! the tunnel.
+
+#[path = "tunnel_common.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use keyhole_tests_netns::{Netns, veth};
+
+const UFRAG_A: &str = "ufragAAA:passwordAAAAAAAAAAAAAAAAAA";
+const UFRAG_B: &str = "ufragBBB:passwordBBBBBBBBBBBBBBBBBB";
+
+fn args(
+    key: &str,
+    peer: &str,
+    listen: &str,
+    tun_addr: &str,
+    route: &str,
+    role: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "--private-key",
+        key,
+        "--peer-public-key",
+        peer,
+        "--listen",
+        listen,
+        "--tun",
+        "kh0",
+        "--tun-addr",
+        tun_addr,
+        "--route",
+        route,
+        "--role",
+        role,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn pair(ice: bool) {
+    let a = Netns::new("tpa").unwrap();
+    let b = Netns::new("tpb").unwrap();
+    veth(&a, "eth0", "10.10.0.1/24", &b, "eth0", "10.10.0.2/24").unwrap();
+    let (ka, pa) = keypair(&a);
+    let (kb, pb) = keypair(&b);
+    let cand = |ip: &str| format!("candidate:1 1 udp 2130706431 {ip} 51820 typ host");
+    let (ca, cb) = (cand("10.10.0.2"), cand("10.10.0.1"));
+    let (extra_a, extra_b): (Vec<&str>, Vec<&str>) = if ice {
+        (
+            vec![
+                "--ice-local",
+                UFRAG_A,
+                "--ice-remote",
+                UFRAG_B,
+                "--remote-candidate",
+                &ca,
+            ],
+            vec![
+                "--ice-local",
+                UFRAG_B,
+                "--ice-remote",
+                UFRAG_A,
+                "--remote-candidate",
+                &cb,
+            ],
+        )
+    } else {
+        (
+            vec!["--static-peer", "10.10.0.2:51820"],
+            vec!["--static-peer", "10.10.0.1:51820"],
+        )
+    };
+    let started = Instant::now();
+    let pb_proc = spawn_peer(
+        &b,
+        &args(
+            &kb,
+            &pa,
+            "10.10.0.2:51820",
+            "100.64.0.2/24",
+            "100.64.0.1/32",
+            "responder",
+            &extra_b,
+        ),
+    );
+    let pa_proc = spawn_peer(
+        &a,
+        &args(
+            &ka,
+            &pb,
+            "10.10.0.1:51820",
+            "100.64.0.1/24",
+            "100.64.0.2/32",
+            "initiator",
+            &extra_a,
+        ),
+    );
+    let up_a = wait_up(&pa_proc, Duration::from_secs(20));
+    let up_b = wait_up(&pb_proc, Duration::from_secs(20));
+    let wall = started.elapsed();
+    eprintln!(
+        "setup ({}): ConnectionUp after {up_a:.3} s (initiator) / {up_b:.3} s (responder) of process time; {wall:?} wall incl. spawn",
+        if ice { "ICE" } else { "static" }
+    );
+    let rtt = a
+        .ping("100.64.0.2".parse().unwrap(), Duration::from_secs(5))
+        .unwrap();
+    let rtt_back = b
+        .ping("100.64.0.1".parse().unwrap(), Duration::from_secs(5))
+        .unwrap();
+    eprintln!("ping through the tunnel: {rtt:?} / {rtt_back:?}");
+    // TCP both ways, a few MB each.
+    tcp_transfer(&b, &a, "100.64.0.2:7000".parse().unwrap(), 4 << 20);
+    tcp_transfer(&a, &b, "100.64.0.1:7001".parse().unwrap(), 4 << 20);
+    let out = pa_proc.stdout_so_far();
+    if ice {
+        assert!(out.contains("LocalCandidate"), "{out}");
+    }
+}
+
+#[test]
+fn two_processes_over_ice_exchange_ping_and_tcp() {
+    pair(true);
+}
+
+#[test]
+fn two_processes_with_static_paths_exchange_ping_and_tcp() {
+    pair(false);
+}
