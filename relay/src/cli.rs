@@ -4,6 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use clap::Parser;
 
+use crate::xdp::XdpMode;
+
 /// Keyhole relay: STUN/TURN server (RFC 8489, RFC 8656) with long-term
 /// credentials derived from a shared secret (coturn's `use-auth-secret`).
 #[derive(Debug, Parser)]
@@ -63,4 +65,22 @@ pub struct Args {
     /// Do not listen on TCP.
     #[arg(long = "no-tcp")]
     pub no_tcp: bool,
+    /// Interface(s) to attach the XDP ChannelData fast path to (those
+    /// client and peer traffic arrive on). None: userspace only.
+    #[arg(
+        long = "xdp-iface",
+        env = "KEYHOLE_RELAY_XDP_IFACE",
+        value_delimiter = ','
+    )]
+    pub xdp_iface: Vec<String>,
+    /// XDP attach mode: native, generic, off, or auto (native, else generic).
+    #[arg(
+        long = "xdp-mode",
+        env = "KEYHOLE_RELAY_XDP_MODE",
+        default_value = "auto"
+    )]
+    pub xdp_mode: XdpMode,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long = "metrics-listen", env = "KEYHOLE_RELAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -11,6 +12,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::ports::SocketPorts;
+use crate::stats::Stats;
+use crate::xdp::{ChannelMirror, FastPath};
 
 /// Work for the event loop from other tasks.
 pub enum Inbound {
@@ -32,6 +35,32 @@ pub enum Inbound {
     },
 }
 
+/// The fast path (if attached) and the mirror that keeps its maps in step
+/// with the core's channel events.
+pub struct FastPathSync {
+    pub fast_path: Option<FastPath>,
+    pub mirror: ChannelMirror,
+}
+
+impl FastPathSync {
+    fn on_event(&mut self, e: &Event, stats: &Stats) {
+        let Some(fp) = self.fast_path.as_mut() else {
+            return;
+        };
+        for op in self.mirror.handle(e) {
+            if let Err(err) = fp.apply(&op) {
+                // That channel's datagrams keep going through userspace.
+                Stats::add(&stats.xdp_map_errors, 1);
+                tracing::warn!(error = %err, ?op, "fast path map update failed");
+            }
+        }
+        stats.xdp_channels.store(
+            self.mirror.active_channels() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
 /// Inputs handled before yielding, so timers and other tasks keep running.
 const BATCH: usize = 256;
 
@@ -40,6 +69,8 @@ pub async fn run(
     listener: UdpSocket,
     ports: SocketPorts,
     mut inbound: mpsc::Receiver<Inbound>,
+    stats: Arc<Stats>,
+    mut fast: FastPathSync,
 ) -> anyhow::Result<()> {
     let unix_now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -48,7 +79,15 @@ pub async fn run(
     let mut server = Server::new(config, ports, Instant::now(), unix_now);
     let mut tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; 65536];
+    let count_client = |data: &[u8]| {
+        Stats::add(&stats.client_datagrams, 1);
+        if matches!(data.first(), Some(0x40..=0x7f)) {
+            Stats::add(&stats.client_channel_data, 1);
+        }
+    };
     loop {
+        // Bytes of the peer datagram whose relaying the transmits below are.
+        let mut from_peer: Option<usize> = None;
         let deadline = server.poll_timeout();
         let sleep = tokio::time::sleep_until(deadline.map_or_else(
             || tokio::time::Instant::now() + std::time::Duration::from_secs(3600),
@@ -59,11 +98,15 @@ pub async fn run(
             () = sleep => server.handle_timeout(Instant::now()),
             r = listener.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
+                    count_client(&buf[..n]);
                     server.handle_input(Instant::now(), from, Transport::Udp, &buf[..n]);
                     // Drain whatever else is already queued without waiting.
                     for _ in 0..BATCH {
                         match listener.try_recv_from(&mut buf) {
-                            Ok((n, from)) => server.handle_input(Instant::now(), from, Transport::Udp, &buf[..n]),
+                            Ok((n, from)) => {
+                                count_client(&buf[..n]);
+                                server.handle_input(Instant::now(), from, Transport::Udp, &buf[..n]);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -74,7 +117,11 @@ pub async fn run(
                 let Some(msg) = msg else { anyhow::bail!("all inbound senders closed") };
                 let now = Instant::now();
                 match msg {
-                    Inbound::Peer { relay, peer, data } => server.handle_peer_input(now, relay, peer, &data),
+                    Inbound::Peer { relay, peer, data } => {
+                        Stats::add(&stats.peer_datagrams, 1);
+                        from_peer = Some(data.len());
+                        server.handle_peer_input(now, relay, peer, &data);
+                    }
                     Inbound::TcpOpened { client, tx } => { tcp.insert(client, tx); }
                     Inbound::TcpFrame { client, frame } => server.handle_input(now, client, Transport::Tcp, &frame),
                     Inbound::TcpClosed { client } => {
@@ -84,7 +131,25 @@ pub async fn run(
                 }
             }
         }
+        // Map updates first: a client may send ChannelData as soon as it
+        // reads the ChannelBind response, and it should take the fast path.
+        while let Some(e) = server.poll_event() {
+            log_event(&e);
+            fast.on_event(&e, &stats);
+        }
         while let Some(t) = server.poll_transmit() {
+            match &t {
+                Transmit::ToPeer { payload, .. } => {
+                    Stats::add(&stats.to_peer_packets, 1);
+                    Stats::add(&stats.to_peer_bytes, payload.len() as u64);
+                }
+                Transmit::ToClient { .. } => {
+                    if let Some(n) = from_peer {
+                        Stats::add(&stats.to_client_packets, 1);
+                        Stats::add(&stats.to_client_bytes, n as u64);
+                    }
+                }
+            }
             match t {
                 Transmit::ToClient {
                     client,
@@ -118,9 +183,10 @@ pub async fn run(
                 }
             }
         }
-        while let Some(e) = server.poll_event() {
-            log_event(&e);
-        }
+        stats.allocations.store(
+            server.allocation_count() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 

@@ -1,0 +1,446 @@
+//! The relay's XDP ChannelData fast path.
+//!
+//! Two kinds of UDP datagram are relayed here without waking userspace:
+//! - ChannelData from a client to the listener on a channel userspace bound:
+//!   the 4-byte header is stripped and the datagram leaves from the
+//!   allocation's relayed address to the peer;
+//! - a datagram from a peer to a relayed port with a channel bound to that
+//!   peer: a ChannelData header is put in front and it leaves from the
+//!   listener to the client.
+//!
+//! The maps hold only channels whose peer also has a live permission;
+//! userspace mirrors the TURN core's events into them. Everything else
+//! (STUN, unknown traffic, IPv6, IP options, fragments, length mismatches,
+//! a missing neighbour entry) goes to the kernel stack with XDP_PASS and is
+//! counted by reason.
+//!
+//! Egress: `bpf_fib_lookup` picks the interface and both MAC addresses, so
+//! the next hop is right even when it is not the sender; same interface →
+//! XDP_TX, another → `bpf_redirect`. The helper needs forwarding enabled on
+//! the ingress interface; without it, or without a neighbour entry, the
+//! packet passes to userspace, which relays it the slow way.
+//!
+//! Checksums: the IPv4 header checksum is computed afresh (20 bytes); the
+//! UDP checksum is updated incrementally (RFC 1624) for the changed
+//! pseudo-header, header and ChannelData words, so the payload is never
+//! read.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod prog {
+    use aya_ebpf::{
+        bindings::{
+            BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
+            BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action,
+        },
+        helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+        macros::{map, xdp},
+        maps::{Array, HashMap, PerCpuArray},
+        programs::XdpContext,
+    };
+    use keyhole_ebpf_common::relay::{
+        Counter, DEFAULT_MAX_CHANNELS, RelayConfig, ToClientKeyV4, ToClientV4, ToPeerKeyV4,
+        ToPeerV4, csum,
+    };
+
+    const ETH_LEN: usize = 14;
+    const IP_LEN: usize = 20;
+    const UDP_LEN: usize = 8;
+    /// Ethernet + IPv4 without options + UDP.
+    const HDRS: usize = ETH_LEN + IP_LEN + UDP_LEN;
+    const CD_LEN: usize = 4;
+    const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+    const IPPROTO_UDP: u8 = 17;
+    const AF_INET: u8 = 2;
+    /// TTL of datagrams the relay originates, as the kernel's default.
+    const TTL: u8 = 64;
+
+    #[map(name = "RELAY_TO_PEER_V4")]
+    static TO_PEER_V4: HashMap<ToPeerKeyV4, ToPeerV4> =
+        HashMap::with_max_entries(DEFAULT_MAX_CHANNELS, 0);
+
+    #[map(name = "RELAY_TO_CLIENT_V4")]
+    static TO_CLIENT_V4: HashMap<ToClientKeyV4, ToClientV4> =
+        HashMap::with_max_entries(DEFAULT_MAX_CHANNELS, 0);
+
+    #[map(name = "RELAY_CONFIG")]
+    static CONFIG: Array<RelayConfig> = Array::with_max_entries(1, 0);
+
+    #[map(name = "RELAY_COUNTERS")]
+    static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+    #[inline(always)]
+    fn count(counter: Counter, n: u64) {
+        if let Some(c) = COUNTERS.get_ptr_mut(counter as u32) {
+            // SAFETY: a per-CPU slot, only this CPU writes it while we run.
+            unsafe { *c += n };
+        }
+    }
+
+    #[xdp]
+    pub fn keyhole_relay(ctx: XdpContext) -> u32 {
+        match relay(&ctx) {
+            Ok(action) => action,
+            Err(reason) => {
+                count(reason, 1);
+                xdp_action::XDP_PASS
+            }
+        }
+    }
+
+    /// Passes everything: on the far end of a veth it makes native-mode
+    /// XDP_TX/redirected frames receivable.
+    #[xdp]
+    pub fn keyhole_xdp_pass(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+
+    /// The fields of an Ethernet + IPv4 + UDP datagram the fast path uses.
+    struct Udp4 {
+        tos: u8,
+        id: [u8; 2],
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+        /// UDP length (header included), equal to the IP payload length.
+        udp_len: u16,
+        check: u16,
+    }
+
+    #[inline(always)]
+    fn be16(b: &[u8], at: usize) -> u16 {
+        u16::from_be_bytes([b[at], b[at + 1]])
+    }
+
+    #[inline(always)]
+    fn parse(ctx: &XdpContext) -> Result<Udp4, Counter> {
+        let data = ctx.data();
+        let end = ctx.data_end();
+        if data + ETH_LEN > end {
+            return Err(Counter::PassNotIpv4);
+        }
+        // SAFETY: bounds checked above.
+        let ethertype = unsafe { core::ptr::read_unaligned((data + 12) as *const [u8; 2]) };
+        if ethertype != ETH_P_IP {
+            return Err(Counter::PassNotIpv4);
+        }
+        if data + HDRS > end {
+            return Err(Counter::PassNotUdp);
+        }
+        // SAFETY: bounds checked above, whole headers at once.
+        let h = unsafe { core::ptr::read_unaligned(data as *const [u8; HDRS]) };
+        if h[14] >> 4 != 4 {
+            return Err(Counter::PassNotIpv4);
+        }
+        if h[14] & 0x0f != 5 || be16(&h, 20) & 0x3fff != 0 {
+            return Err(Counter::PassIpOptionsOrFragment);
+        }
+        if h[23] != IPPROTO_UDP {
+            return Err(Counter::PassNotUdp);
+        }
+        let total = be16(&h, 16);
+        let udp_len = be16(&h, 38);
+        if usize::from(total) < IP_LEN + UDP_LEN
+            || data + ETH_LEN + usize::from(total) > end
+            || udp_len != total - IP_LEN as u16
+        {
+            return Err(Counter::PassNotUdp);
+        }
+        Ok(Udp4 {
+            tos: h[15],
+            id: [h[18], h[19]],
+            src: [h[26], h[27], h[28], h[29]],
+            dst: [h[30], h[31], h[32], h[33]],
+            sport: be16(&h, 34),
+            dport: be16(&h, 36),
+            udp_len,
+            check: be16(&h, 40),
+        })
+    }
+
+    #[inline(always)]
+    fn relay(ctx: &XdpContext) -> Result<u32, Counter> {
+        let pkt = parse(ctx)?;
+        let cfg = CONFIG.get(0).ok_or(Counter::PassNotRelayed)?;
+        if cfg.listen_port != 0
+            && pkt.dport == cfg.listen_port
+            && (cfg.listen_addr == [0; 4] || cfg.listen_addr == pkt.dst)
+        {
+            to_peer(ctx, &pkt)
+        } else if cfg.listen_port != 0 {
+            to_client(ctx, &pkt, cfg)
+        } else {
+            Err(Counter::PassNotRelayed)
+        }
+    }
+
+    /// Where a rewritten datagram leaves.
+    struct Egress {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    }
+
+    #[inline(always)]
+    fn route(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], total: u16) -> Result<Egress, Counter> {
+        // SAFETY: a plain C struct of integers; all zeroes is its default.
+        let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+        p.family = AF_INET;
+        p.l4_protocol = IPPROTO_UDP;
+        p.__bindgen_anon_1.tot_len = total;
+        p.ifindex = ctx.ingress_ifindex() as u32;
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+        // SAFETY: the helper reads and writes `p`, whose size we pass.
+        let rc = unsafe {
+            fib_lookup(
+                ctx.ctx as *mut _,
+                &mut p,
+                core::mem::size_of::<bpf_fib_lookup>() as i32,
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(Counter::PassNoRoute);
+        }
+        match rc as u32 {
+            BPF_FIB_LKUP_RET_SUCCESS => Ok(Egress {
+                ifindex: p.ifindex,
+                smac: p.smac,
+                dmac: p.dmac,
+            }),
+            BPF_FIB_LKUP_RET_NO_NEIGH => Err(Counter::PassNoNeighbour),
+            BPF_FIB_LKUP_RET_FWD_DISABLED => Err(Counter::PassForwardingDisabled),
+            BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Counter::PassFragNeeded),
+            _ => Err(Counter::PassNoRoute),
+        }
+    }
+
+    /// Ethernet + IPv4 + UDP headers of a datagram the relay sends; the UDP
+    /// checksum is filled in by the caller.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn headers(
+        eg: &Egress,
+        tos: u8,
+        id: [u8; 2],
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+        udp_len: u16,
+        check: u16,
+    ) -> [u8; HDRS] {
+        let total = (udp_len + IP_LEN as u16).to_be_bytes();
+        let mut ip = [
+            0x45,
+            tos,
+            total[0],
+            total[1],
+            id[0],
+            id[1],
+            0x40, // DF, as the kernel sends UDP with path MTU discovery on
+            0,
+            TTL,
+            IPPROTO_UDP,
+            0,
+            0,
+            src[0],
+            src[1],
+            src[2],
+            src[3],
+            dst[0],
+            dst[1],
+            dst[2],
+            dst[3],
+        ];
+        let ip_check = csum::ipv4_header(&ip).to_be_bytes();
+        ip[10] = ip_check[0];
+        ip[11] = ip_check[1];
+        let mut h = [0u8; HDRS];
+        h[0..6].copy_from_slice(&eg.dmac);
+        h[6..12].copy_from_slice(&eg.smac);
+        h[12..14].copy_from_slice(&ETH_P_IP);
+        h[14..34].copy_from_slice(&ip);
+        h[34..36].copy_from_slice(&sport.to_be_bytes());
+        h[36..38].copy_from_slice(&dport.to_be_bytes());
+        h[38..40].copy_from_slice(&udp_len.to_be_bytes());
+        h[40..42].copy_from_slice(&check.to_be_bytes());
+        h
+    }
+
+    /// The checksum-relevant words of a UDP datagram: pseudo-header
+    /// addresses and length, then the header's ports and length.
+    #[inline(always)]
+    fn words(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, udp_len: u16) -> [u8; 16] {
+        let l = udp_len.to_be_bytes();
+        let s = sport.to_be_bytes();
+        let d = dport.to_be_bytes();
+        [
+            src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], l[0], l[1], s[0], s[1],
+            d[0], d[1], l[0], l[1],
+        ]
+    }
+
+    #[inline(always)]
+    fn send(ctx: &XdpContext, eg: &Egress) -> u32 {
+        if eg.ifindex == ctx.ingress_ifindex() as u32 {
+            count(Counter::Tx, 1);
+            xdp_action::XDP_TX
+        } else {
+            count(Counter::Redirected, 1);
+            // SAFETY: plain helper call; flags 0 is the only valid value.
+            unsafe { bpf_redirect(eg.ifindex, 0) as u32 }
+        }
+    }
+
+    /// Client → peer: strip the ChannelData header.
+    #[inline(always)]
+    fn to_peer(ctx: &XdpContext, pkt: &Udp4) -> Result<u32, Counter> {
+        let data = ctx.data();
+        if data + HDRS + CD_LEN > ctx.data_end() {
+            return Err(Counter::PassNotChannelData);
+        }
+        // SAFETY: bounds checked above.
+        let cd = unsafe { core::ptr::read_unaligned((data + HDRS) as *const [u8; CD_LEN]) };
+        if cd[0] & 0xc0 != 0x40 {
+            return Err(Counter::PassNotChannelData);
+        }
+        let channel = u16::from_be_bytes([cd[0], cd[1]]);
+        let len = u16::from_be_bytes([cd[2], cd[3]]);
+        // Over UDP the payload is exactly the channel data (RFC 8656 §12.5
+        // makes padding optional there); anything else is userspace's call.
+        if u32::from(pkt.udp_len) != (UDP_LEN + CD_LEN) as u32 + u32::from(len) {
+            return Err(Counter::PassBadLength);
+        }
+        let key = ToPeerKeyV4 {
+            client_addr: pkt.src,
+            client_port: pkt.sport,
+            channel,
+        };
+        // SAFETY: the value is copied out at once.
+        let to = *unsafe { TO_PEER_V4.get(&key) }.ok_or(Counter::PassNoChannel)?;
+        let src = if to.relay_addr == [0; 4] {
+            pkt.dst
+        } else {
+            to.relay_addr
+        };
+        let udp_len = pkt.udp_len - CD_LEN as u16;
+        let eg = route(ctx, src, to.peer_addr, udp_len + IP_LEN as u16)?;
+
+        let old = words(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.udp_len);
+        let mut old_all = [0u8; 20];
+        old_all[..16].copy_from_slice(&old);
+        old_all[16..].copy_from_slice(&cd);
+        let new = words(src, to.peer_addr, to.relay_port, to.peer_port, udp_len);
+        let check = csum::udp_update(pkt.check, &old_all, &new);
+        let h = headers(
+            &eg,
+            pkt.tos,
+            pkt.id,
+            src,
+            to.peer_addr,
+            to.relay_port,
+            to.peer_port,
+            udp_len,
+            check,
+        );
+        // The new headers end where the payload starts, then the packet
+        // start moves past the 4 bytes that are left over.
+        // SAFETY: data + 4 + HDRS == data + HDRS + CD_LEN, checked above.
+        unsafe { core::ptr::write_unaligned((data + CD_LEN) as *mut [u8; HDRS], h) };
+        // SAFETY: shrinking the head by 4 bytes of a packet at least that long.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, CD_LEN as i32) } != 0 {
+            return Err(Counter::PassError);
+        }
+        count(Counter::ToPeerPackets, 1);
+        count(Counter::ToPeerBytes, u64::from(len));
+        Ok(send(ctx, &eg))
+    }
+
+    /// Peer → client: put a ChannelData header in front.
+    #[inline(always)]
+    fn to_client(ctx: &XdpContext, pkt: &Udp4, cfg: &RelayConfig) -> Result<u32, Counter> {
+        let key = ToClientKeyV4 {
+            peer_addr: pkt.src,
+            peer_port: pkt.sport,
+            relay_port: pkt.dport,
+        };
+        // SAFETY: the value is copied out at once.
+        let to = *unsafe { TO_CLIENT_V4.get(&key) }.ok_or(Counter::PassNotRelayed)?;
+        if to.relay_addr != [0; 4] && to.relay_addr != pkt.dst {
+            return Err(Counter::PassNotRelayed);
+        }
+        let payload = pkt.udp_len - UDP_LEN as u16;
+        if pkt.udp_len > u16::MAX - (IP_LEN + CD_LEN) as u16 {
+            return Err(Counter::PassFragNeeded);
+        }
+        let src = if to.listen_addr == [0; 4] {
+            pkt.dst
+        } else {
+            to.listen_addr
+        };
+        let udp_len = pkt.udp_len + CD_LEN as u16;
+        let eg = route(ctx, src, to.client_addr, udp_len + IP_LEN as u16)?;
+
+        let old = words(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.udp_len);
+        let cd_hdr = {
+            let c = to.channel.to_be_bytes();
+            let l = payload.to_be_bytes();
+            [c[0], c[1], l[0], l[1]]
+        };
+        let mut new_all = [0u8; 20];
+        new_all[..16].copy_from_slice(&words(
+            src,
+            to.client_addr,
+            cfg.listen_port,
+            to.client_port,
+            udp_len,
+        ));
+        new_all[16..].copy_from_slice(&cd_hdr);
+        let check = csum::udp_update(pkt.check, &old, &new_all);
+        let h = headers(
+            &eg,
+            pkt.tos,
+            pkt.id,
+            src,
+            to.client_addr,
+            cfg.listen_port,
+            to.client_port,
+            udp_len,
+            check,
+        );
+        // SAFETY: grows the head by 4 bytes into the XDP headroom.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(CD_LEN as i32)) } != 0 {
+            return Err(Counter::PassError);
+        }
+        let data = ctx.data();
+        if data + HDRS + CD_LEN > ctx.data_end() {
+            // Cannot happen (the packet only grew); the verifier wants it.
+            return Ok(xdp_action::XDP_DROP);
+        }
+        // SAFETY: bounds checked above.
+        unsafe {
+            core::ptr::write_unaligned(data as *mut [u8; HDRS], h);
+            core::ptr::write_unaligned((data + HDRS) as *mut [u8; CD_LEN], cd_hdr);
+        }
+        count(Counter::ToClientPackets, 1);
+        count(Counter::ToClientBytes, u64::from(payload));
+        Ok(send(ctx, &eg))
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+}
+
+/// Host builds of this crate are empty: the program only exists for BPF.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

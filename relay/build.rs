@@ -1,0 +1,3 @@
+fn main() {
+    keyhole_ebpf_build::build_programs(&["relay"]);
+}

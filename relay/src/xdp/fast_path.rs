@@ -1,0 +1,200 @@
+//! Loads the fast path, attaches it, and writes the mirror's operations to
+//! its maps.
+
+use std::net::{IpAddr, SocketAddr};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    programs::Xdp,
+};
+use keyhole_ebpf_common::relay::{
+    CONFIG_MAP, COUNTERS_MAP, Counter, PASS_PROGRAM, PROGRAM, RelayConfig, TO_CLIENT_V4_MAP,
+    TO_PEER_V4_MAP, ToClientKeyV4, ToClientV4, ToPeerKeyV4, ToPeerV4,
+};
+
+use super::{MapOp, RELAY_EBPF, XdpError, XdpMode};
+
+/// The fast path attached to one or more interfaces; dropping it detaches.
+pub struct FastPath {
+    // Owns the program and its links.
+    _ebpf: Ebpf,
+    to_peer: HashMap<MapData, ToPeerKeyV4, ToPeerV4>,
+    to_client: HashMap<MapData, ToClientKeyV4, ToClientV4>,
+    attached: Vec<(String, &'static str)>,
+}
+
+impl std::fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastPath")
+            .field("attached", &self.attached)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the fast path's per-CPU counters (shareable with /metrics).
+pub struct FastPathCounters {
+    counters: PerCpuArray<MapData, u64>,
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> XdpError {
+    move |source| XdpError::Map { name, source }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, XdpError> {
+    ebpf.take_map(name).ok_or(XdpError::Missing(name))
+}
+
+impl FastPath {
+    /// Loads the program, points it at the UDP listener `listen`, and
+    /// attaches it to every interface in `ifaces` (all or nothing).
+    pub fn attach(
+        ifaces: &[String],
+        mode: XdpMode,
+        listen: SocketAddr,
+    ) -> Result<(Self, FastPathCounters), XdpError> {
+        if ifaces.is_empty() {
+            return Err(XdpError::NoInterface);
+        }
+        let mut ebpf = Ebpf::load(RELAY_EBPF)?;
+        let to_peer = HashMap::try_from(take_map(&mut ebpf, TO_PEER_V4_MAP)?)
+            .map_err(map_err(TO_PEER_V4_MAP))?;
+        let to_client = HashMap::try_from(take_map(&mut ebpf, TO_CLIENT_V4_MAP)?)
+            .map_err(map_err(TO_CLIENT_V4_MAP))?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)
+            .map_err(map_err(COUNTERS_MAP))?;
+        let mut config: Array<MapData, RelayConfig> =
+            Array::try_from(take_map(&mut ebpf, CONFIG_MAP)?).map_err(map_err(CONFIG_MAP))?;
+        let listen_addr = match listen.ip() {
+            IpAddr::V4(a) => a.octets(),
+            IpAddr::V6(_) => [0; 4],
+        };
+        config
+            .set(
+                0,
+                RelayConfig {
+                    listen_addr,
+                    listen_port: listen.port(),
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(map_err(CONFIG_MAP))?;
+
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(XdpError::Missing("keyhole_relay program"))?
+            .try_into()?;
+        program.load()?;
+        let mut attached = Vec::new();
+        for iface in ifaces {
+            let used = attach_one(program, iface, mode)?;
+            attached.push((iface.clone(), used));
+        }
+        Ok((
+            FastPath {
+                _ebpf: ebpf,
+                to_peer,
+                to_client,
+                attached,
+            },
+            FastPathCounters { counters },
+        ))
+    }
+
+    /// `(interface, mode)` for each attachment.
+    pub fn attached(&self) -> &[(String, &'static str)] {
+        &self.attached
+    }
+
+    /// Writes one mirror operation. Removing an absent key is not an error
+    /// (the program may never have had it).
+    pub fn apply(&mut self, op: &MapOp) -> Result<(), XdpError> {
+        match op {
+            MapOp::InsertToPeer(k, v) => self
+                .to_peer
+                .insert(k, v, 0)
+                .map_err(map_err(TO_PEER_V4_MAP)),
+            MapOp::InsertToClient(k, v) => self
+                .to_client
+                .insert(k, v, 0)
+                .map_err(map_err(TO_CLIENT_V4_MAP)),
+            MapOp::RemoveToPeer(k) => {
+                ignore_missing(self.to_peer.remove(k)).map_err(map_err(TO_PEER_V4_MAP))
+            }
+            MapOp::RemoveToClient(k) => {
+                ignore_missing(self.to_client.remove(k)).map_err(map_err(TO_CLIENT_V4_MAP))
+            }
+        }
+    }
+
+    /// Entries in the client → peer map (one per mirrored channel).
+    pub fn channel_entries(&self) -> usize {
+        self.to_peer.keys().filter(Result::is_ok).count()
+    }
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+fn attach_one(program: &mut Xdp, iface: &str, mode: XdpMode) -> Result<&'static str, XdpError> {
+    let mut last = None;
+    for &(flags, name) in mode.attempts() {
+        match program.attach(iface, flags) {
+            Ok(_) => {
+                tracing::info!(iface, mode = name, "XDP fast path attached");
+                return Ok(name);
+            }
+            Err(e) => {
+                tracing::debug!(iface, mode = name, error = %e, "XDP attach failed");
+                last = Some(e);
+            }
+        }
+    }
+    Err(XdpError::Attach {
+        iface: iface.to_owned(),
+        modes: mode.describe(),
+        source: last.unwrap_or(aya::programs::ProgramError::UnknownInterface {
+            name: iface.to_owned(),
+        }),
+    })
+}
+
+impl FastPathCounters {
+    /// Every counter, summed over CPUs.
+    pub fn read(&self) -> Result<[u64; Counter::COUNT as usize], XdpError> {
+        let mut out = [0u64; Counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(map_err(COUNTERS_MAP))?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+/// An XDP program that passes everything, for the far end of a veth: in
+/// native mode a veth only receives XDP_TX/redirected frames when its peer
+/// runs XDP. Dropping it detaches.
+pub struct PassProgram {
+    _ebpf: Ebpf,
+}
+
+impl PassProgram {
+    pub fn attach(iface: &str, mode: XdpMode) -> Result<(Self, &'static str), XdpError> {
+        let mut ebpf = Ebpf::load(RELAY_EBPF)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PASS_PROGRAM)
+            .ok_or(XdpError::Missing("keyhole_xdp_pass program"))?
+            .try_into()?;
+        program.load()?;
+        let used = attach_one(program, iface, mode)?;
+        Ok((PassProgram { _ebpf: ebpf }, used))
+    }
+}

@@ -1,0 +1,254 @@
+//! The XDP fast path in a real topology: client ns — relay ns — peer ns
+//! over veth, native XDP on the relay's two interfaces, a TURN client that
+//! allocates, binds a channel and exchanges data both ways with a UDP peer.
+//!
+//! With XDP on, the fast path's counters move by exactly the exchanged
+//! packets and bytes and userspace sees none of the data; with XDP off the
+//! same exchange goes through userspace and delivers the same bytes.
+//! Needs root (network namespaces, XDP).
+
+#[path = "support/topology.rs"]
+mod topology;
+#[path = "support/turn_client.rs"]
+mod turn_client;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use topology::*;
+use turn_client::TurnClient;
+
+const CHANNEL: u16 = 0x4001;
+const ROUNDS: usize = 200;
+const PEER_PORT: u16 = 9000;
+
+/// Payload `i`: sizes 1..=1200 cycling, contents derived from `i`.
+fn payload(i: usize, dir: u8) -> Vec<u8> {
+    let len = 1 + (i * 97) % 1200;
+    (0..len)
+        .map(|j| (i as u8) ^ (j as u8).wrapping_mul(31) ^ dir)
+        .collect()
+}
+
+struct Exchange {
+    /// What the peer received, in order.
+    at_peer: Vec<Vec<u8>>,
+    /// What the client received, in order.
+    at_client: Vec<Vec<u8>>,
+    before: BTreeMap<String, u64>,
+    after: BTreeMap<String, u64>,
+}
+
+/// Allocates, binds, then ROUNDS ping-pongs: client → peer over the channel,
+/// peer answers to the relayed address.
+fn exchange(topo: &Topology) -> Exchange {
+    let server: SocketAddr = LISTEN.parse().unwrap();
+    let peer_addr: SocketAddr = format!("{PEER_IP}:{PEER_PORT}").parse().unwrap();
+    let mut client = topo
+        .client
+        .enter(|| TurnClient::allocate(format!("{CLIENT_IP}:0").parse().unwrap(), server, SECRET))
+        .expect("allocate");
+    let peer = topo
+        .peer
+        .enter(|| UdpSocket::bind(peer_addr))
+        .expect("peer socket");
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    client
+        .channel_bind(CHANNEL, peer_addr)
+        .expect("channel bind");
+
+    let before = topo.metrics().expect("metrics");
+    let mut at_peer = Vec::new();
+    let mut at_client = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    for i in 0..ROUNDS {
+        client.send_channel_data(CHANNEL, &payload(i, 0)).unwrap();
+        let (n, from) = peer.recv_from(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "peer receives {i}: {e}: {:#?}\n{}\n{}",
+                topo.metrics(),
+                topo.peer.run("cat", ["/proc/net/snmp"]).unwrap_or_default(),
+                topo.peer
+                    .ip(["-s", "link", "show", "eth0"])
+                    .unwrap_or_default()
+            )
+        });
+        assert_eq!(from, client.relayed, "peer sees the relayed address");
+        at_peer.push(buf[..n].to_vec());
+        peer.send_to(&payload(i, 0xff), client.relayed).unwrap();
+        let (channel, data) = client
+            .recv_channel_data()
+            .unwrap_or_else(|e| panic!("client receives {i}: {e}: {:#?}", topo.metrics()));
+        assert_eq!(channel, CHANNEL);
+        at_client.push(data);
+    }
+    let after = topo.metrics().expect("metrics");
+    Exchange {
+        at_peer,
+        at_client,
+        before,
+        after,
+    }
+}
+
+fn expected_bytes(dir: u8) -> u64 {
+    (0..ROUNDS).map(|i| payload(i, dir).len() as u64).sum()
+}
+
+fn assert_payloads(x: &Exchange) {
+    for i in 0..ROUNDS {
+        assert_eq!(x.at_peer[i], payload(i, 0), "client → peer payload {i}");
+        assert_eq!(
+            x.at_client[i],
+            payload(i, 0xff),
+            "peer → client payload {i}"
+        );
+    }
+}
+
+#[test]
+fn fast_path_carries_channel_data_and_userspace_sees_none() {
+    let topo = Topology::new().expect("topology");
+    let relay = topo.start_keyhole("native").expect("relay");
+    let x = exchange(&topo);
+    let m = |name: &str| delta(&x.before, &x.after, name);
+    let log = relay.output_so_far();
+    assert_eq!(x.after["keyhole_relay_xdp_attached"], 1, "{log}");
+    assert_eq!(x.after["keyhole_relay_xdp_channels"], 1, "{log}");
+    assert_payloads(&x);
+
+    // Every data packet took the fast path, in both directions…
+    assert_eq!(
+        m("keyhole_relay_xdp_packets_total{direction=\"to_peer\"}"),
+        ROUNDS as u64,
+        "{:#?}",
+        x.after
+    );
+    assert_eq!(
+        m("keyhole_relay_xdp_packets_total{direction=\"to_client\"}"),
+        ROUNDS as u64,
+        "{:#?}",
+        x.after
+    );
+    assert_eq!(
+        m("keyhole_relay_xdp_bytes_total{direction=\"to_peer\"}"),
+        expected_bytes(0)
+    );
+    assert_eq!(
+        m("keyhole_relay_xdp_bytes_total{direction=\"to_client\"}"),
+        expected_bytes(0xff)
+    );
+    // …out of the other interface (client and peer sit on different links).
+    assert_eq!(
+        m("keyhole_relay_xdp_sent_total{how=\"redirect\"}"),
+        2 * ROUNDS as u64
+    );
+    // …and userspace saw none of it.
+    assert_eq!(
+        m("keyhole_relay_userspace_datagrams_total{source=\"client_channel_data\"}"),
+        0
+    );
+    assert_eq!(
+        m("keyhole_relay_userspace_datagrams_total{source=\"peer\"}"),
+        0
+    );
+    assert_eq!(
+        m("keyhole_relay_userspace_relayed_packets_total{direction=\"to_peer\"}"),
+        0
+    );
+    assert_eq!(
+        m("keyhole_relay_userspace_relayed_packets_total{direction=\"to_client\"}"),
+        0
+    );
+    // Control traffic (the STUN of the allocation) went to userspace.
+    assert!(x.after["keyhole_relay_xdp_passed_total{reason=\"not_channel_data\"}"] >= 2);
+}
+
+#[test]
+fn userspace_path_gives_the_same_bytes_with_xdp_off() {
+    let topo = Topology::new().expect("topology");
+    let relay = topo.start_keyhole("off").expect("relay");
+    let x = exchange(&topo);
+    let m = |name: &str| delta(&x.before, &x.after, name);
+    assert_eq!(
+        x.after["keyhole_relay_xdp_attached"],
+        0,
+        "{}",
+        relay.output_so_far()
+    );
+    assert_payloads(&x);
+    assert_eq!(
+        m("keyhole_relay_userspace_relayed_packets_total{direction=\"to_peer\"}"),
+        ROUNDS as u64
+    );
+    assert_eq!(
+        m("keyhole_relay_userspace_relayed_packets_total{direction=\"to_client\"}"),
+        ROUNDS as u64
+    );
+    assert_eq!(
+        m("keyhole_relay_userspace_relayed_bytes_total{direction=\"to_peer\"}"),
+        expected_bytes(0)
+    );
+    assert_eq!(
+        m("keyhole_relay_userspace_relayed_bytes_total{direction=\"to_client\"}"),
+        expected_bytes(0xff)
+    );
+    assert_eq!(
+        m("keyhole_relay_userspace_datagrams_total{source=\"client_channel_data\"}"),
+        ROUNDS as u64
+    );
+}
+
+#[test]
+fn fast_path_entries_go_with_the_allocation() {
+    let topo = Topology::new().expect("topology");
+    let relay = topo.start_keyhole("native").expect("relay");
+    let server: SocketAddr = LISTEN.parse().unwrap();
+    let peer_addr: SocketAddr = format!("{PEER_IP}:{PEER_PORT}").parse().unwrap();
+    let mut client = topo
+        .client
+        .enter(|| TurnClient::allocate(format!("{CLIENT_IP}:0").parse().unwrap(), server, SECRET))
+        .expect("allocate");
+    client
+        .channel_bind(CHANNEL, peer_addr)
+        .expect("channel bind");
+    assert_eq!(topo.metrics().unwrap()["keyhole_relay_xdp_channels"], 1);
+    // Refresh with lifetime 0 deletes the allocation: the entries must go,
+    // so later ChannelData is not relayed by anyone.
+    client.refresh(0).expect("release");
+    let m = topo.metrics().unwrap();
+    assert_eq!(
+        m["keyhole_relay_xdp_channels"],
+        0,
+        "{}",
+        relay.output_so_far()
+    );
+    let peer = topo.peer.enter(|| UdpSocket::bind(peer_addr)).unwrap();
+    peer.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let before = topo.metrics().unwrap();
+    client.send_channel_data(CHANNEL, b"after release").unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        peer.recv_from(&mut buf).is_err(),
+        "nothing relayed after release"
+    );
+    let after = topo.metrics().unwrap();
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "keyhole_relay_xdp_packets_total{direction=\"to_peer\"}"
+        ),
+        0
+    );
+    assert_eq!(
+        delta(
+            &before,
+            &after,
+            "keyhole_relay_xdp_passed_total{reason=\"no_channel\"}"
+        ),
+        1
+    );
+}
