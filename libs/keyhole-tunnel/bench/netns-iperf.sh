@@ -29,9 +29,6 @@ ip link add veth-a netns "$A" type veth peer veth-b netns "$B"
 ip -n "$A" addr add 10.30.0.1/24 dev veth-a; ip -n "$B" addr add 10.30.0.2/24 dev veth-b
 for n in "$A" "$B"; do ip -n "$n" link set lo up; done
 ip -n "$A" link set veth-a up; ip -n "$B" link set veth-b up
-for n in "$A" "$B"; do
-  ip netns exec "$n" sysctl -qw net.core.rmem_max=8388608 net.core.wmem_max=8388608
-done
 
 KA=$(wg genkey); PA=$(echo "$KA" | wg pubkey)
 KB=$(wg genkey); PB=$(echo "$KB" | wg pubkey)
@@ -67,29 +64,30 @@ ip netns exec "$A" "$PEER" --private-key "$KA" --peer-public-key "$PB" --listen 
 sleep 1
 measure keyhole 100.64.0.2
 
-# wireguard-go on both sides.
-wg_side() { # ns key peerpub addr endpoint
-  ip netns exec "$1" wireguard-go -f wg0 >/dev/null 2>&1 & PIDS+=($!)
-  for _ in $(seq 100); do ip -n "$1" link show wg0 >/dev/null 2>&1 && break; sleep 0.05; done
-  ip netns exec "$1" wg set wg0 private-key <(echo "$2") listen-port 51821 \
-    peer "$3" allowed-ips 100.65.0.0/24 endpoint "$5"
-  ip -n "$1" addr add "$4" dev wg0; ip -n "$1" link set wg0 up
+# wireguard-go on both sides. Interface names differ per side: the UAPI
+# socket (/var/run/wireguard/IFACE.sock) is not per namespace.
+wg_side() { # ns iface key peerpub addr endpoint
+  ip netns exec "$1" wireguard-go -f "$2" >/dev/null 2>&1 & PIDS+=($!)
+  for _ in $(seq 100); do ip -n "$1" link show "$2" >/dev/null 2>&1 && break; sleep 0.05; done
+  ip netns exec "$1" wg set "$2" private-key <(echo "$3") listen-port 51821 \
+    peer "$4" allowed-ips 100.65.0.0/24 endpoint "$6"
+  ip -n "$1" addr add "$5" dev "$2"; ip -n "$1" link set "$2" up
 }
-wg_side "$A" "$KA" "$PB" 100.65.0.1/24 10.30.0.2:51821
-wg_side "$B" "$KB" "$PA" 100.65.0.2/24 10.30.0.1:51821
+wg_side "$A" "wgb$$a" "$KA" "$PB" 100.65.0.1/24 10.30.0.2:51821
+wg_side "$B" "wgb$$b" "$KB" "$PA" 100.65.0.2/24 10.30.0.1:51821
 sleep 0.5
 measure wireguard-go 100.65.0.2
 
 if command -v boringtun-cli >/dev/null; then
-  bt_side() { # ns key peerpub addr endpoint
-    ip netns exec "$1" boringtun-cli -f --disable-drop-privileges -t 2 bt0 >/dev/null 2>&1 & PIDS+=($!)
-    for _ in $(seq 100); do ip -n "$1" link show bt0 >/dev/null 2>&1 && break; sleep 0.05; done
-    ip netns exec "$1" wg set bt0 private-key <(echo "$2") listen-port 51822 \
-      peer "$3" allowed-ips 100.66.0.0/24 endpoint "$5"
-    ip -n "$1" addr add "$4" dev bt0; ip -n "$1" link set bt0 up
+  bt_side() { # ns iface key peerpub addr endpoint
+    ip netns exec "$1" boringtun-cli -f --disable-drop-privileges -t 2 "$2" >/dev/null 2>&1 & PIDS+=($!)
+    for _ in $(seq 100); do ip -n "$1" link show "$2" >/dev/null 2>&1 && break; sleep 0.05; done
+    ip netns exec "$1" wg set "$2" private-key <(echo "$3") listen-port 51822 \
+      peer "$4" allowed-ips 100.66.0.0/24 endpoint "$6"
+    ip -n "$1" addr add "$5" dev "$2"; ip -n "$1" link set "$2" up
   }
-  bt_side "$A" "$KA" "$PB" 100.66.0.1/24 10.30.0.2:51822
-  bt_side "$B" "$KB" "$PA" 100.66.0.2/24 10.30.0.1:51822
+  bt_side "$A" "btb$$a" "$KA" "$PB" 100.66.0.1/24 10.30.0.2:51822
+  bt_side "$B" "btb$$b" "$KB" "$PA" 100.66.0.2/24 10.30.0.1:51822
   sleep 0.5
   measure boringtun-cli 100.66.0.2
 else
