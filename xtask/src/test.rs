@@ -28,7 +28,19 @@ pub fn run_cmd(args: TestArgs) -> anyhow::Result<()> {
         }
         phases.time("build", || {
             run(cargo().args(["build", "--workspace", "--all-targets", "--locked"]))?;
-            run(cargo().args(["test", "--workspace", "--no-run", "--locked"]))
+            run(cargo().args(["test", "--workspace", "--no-run", "--locked"]))?;
+            // The tunnel netns tests run this peer as a real process.
+            run(cargo().args([
+                "build",
+                "--release",
+                "--locked",
+                "-p",
+                "keyhole-tunnel",
+                "--features",
+                "io",
+                "--example",
+                "keyhole-tunnel-peer",
+            ]))
         })?;
         if !args.no_lint {
             phases.time("clippy", || {
