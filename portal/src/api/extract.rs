@@ -43,17 +43,16 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     }
 }
 
-/// Parses `bytes` as one JSON value of type `T`.
+/// Parses `bytes` as one JSON value of type `T`: first as any JSON (a
+/// syntax error anywhere is 400, even where the shape is also wrong), then
+/// into `T` (a mismatch is 422 naming the field).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| classify("", &e))?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         classify(&path, &inner)
-    })?;
-    de.end()
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {}", strip_position(&e))))?;
-    Ok(value)
+    })
 }
 
 fn classify(path: &str, e: &serde_json::Error) -> ApiError {
@@ -96,7 +95,9 @@ fn classify(path: &str, e: &serde_json::Error) -> ApiError {
 }
 
 fn join(parent: &str, name: &str) -> String {
-    if parent.is_empty() {
+    if parent == name || parent.ends_with(&format!(".{name}")) {
+        parent.to_owned()
+    } else if parent.is_empty() {
         name.to_owned()
     } else {
         format!("{parent}.{name}")
