@@ -2,6 +2,10 @@
 //! `keyhole-portal` binary wires to sockets and the database.
 
 pub mod api;
+pub mod control;
+pub mod metrics;
 pub mod policy;
+pub mod server;
+pub mod server_bootstrap;
 pub mod state;
 pub mod store;

@@ -2,9 +2,12 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use anyhow::Context as _;
-use axum::{Router, routing::get};
 use clap::Parser;
+use keyhole_portal::{
+    control::ControlConfig,
+    server::{self, ServerConfig},
+    store::Backend,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Keyhole portal: admin web UI, REST API, policy engine and the control
@@ -15,9 +18,40 @@ struct Args {
     /// Address to listen on for HTTP and WebSocket.
     #[arg(long, env = "KEYHOLE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Directory holding the embedded SQLite database.
+    /// Directory holding the embedded SQLite database (created if missing).
     #[arg(long, env = "KEYHOLE_DATA_DIR", default_value = "./keyhole-data")]
     data_dir: PathBuf,
+    /// PostgreSQL URL (`postgres://user@host/db`); SQLite in the data dir
+    /// when absent.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// The URL users and peers reach the portal at (sign-in links);
+    /// defaults to `http://<listen address>`.
+    #[arg(long, env = "KEYHOLE_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Shared secret relays may register with (instead of a relay token).
+    #[arg(long, env = "KEYHOLE_RELAY_SECRET", hide_env_values = true)]
+    relay_secret: Option<String>,
+    /// Secret TURN credentials are derived from (shared with relays);
+    /// generated at first start and stored when not given.
+    #[arg(long, env = "KEYHOLE_TURN_SECRET", hide_env_values = true)]
+    turn_secret: Option<String>,
+    /// E-mail of the admin created at first start.
+    #[arg(long, env = "KEYHOLE_ADMIN_EMAIL")]
+    admin_email: Option<String>,
+    /// Password of the admin created at first start; without it a one-time
+    /// sign-in link is printed.
+    #[arg(long, env = "KEYHOLE_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
+    /// Seconds a gateway has to confirm a flow before another is tried.
+    #[arg(long, env = "KEYHOLE_GATEWAY_ACK_TIMEOUT", default_value_t = 5)]
+    gateway_ack_timeout_secs: i64,
+    /// Longest lifetime of an authorisation, in seconds.
+    #[arg(long, env = "KEYHOLE_MAX_FLOW_LIFETIME", default_value_t = 8 * 3600)]
+    max_flow_lifetime_secs: i64,
+    /// Gateways silent for longer than this many seconds get no new flows.
+    #[arg(long, env = "KEYHOLE_MAX_HEARTBEAT_AGE", default_value_t = 90)]
+    max_heartbeat_age_secs: i64,
 }
 
 #[tokio::main]
@@ -26,20 +60,52 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let secs = |s: i64, name: &str| -> anyhow::Result<chrono::TimeDelta> {
+        anyhow::ensure!(s > 0, "{name} must be positive");
+        Ok(chrono::TimeDelta::seconds(s))
+    };
+    let control = ControlConfig {
+        gateway_ack_timeout: secs(args.gateway_ack_timeout_secs, "--gateway-ack-timeout-secs")?,
+        max_flow_lifetime: secs(args.max_flow_lifetime_secs, "--max-flow-lifetime-secs")?,
+        max_heartbeat_age: secs(args.max_heartbeat_age_secs, "--max-heartbeat-age-secs")?,
+        ..ControlConfig::default()
+    };
+    let cfg = ServerConfig {
+        database_url: args.database_url,
+        public_url: args.public_url,
+        relay_secret: args.relay_secret,
+        turn_secret: args.turn_secret,
+        admin_email: args.admin_email,
+        admin_password: args.admin_password,
+        control,
+        ..ServerConfig::new(args.listen, args.data_dir.clone())
+    };
+    let portal = server::start(cfg, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
 
-    let app = Router::new().route("/healthz", get(|| async { "ok\n" }));
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), "portal listening");
-    println!("keyhole-portal listening on http://{addr}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    Ok(())
+    if let Some(first) = &portal.first_start {
+        println!("First start: created admin {}", first.admin.email);
+        if let Some(site) = &first.default_site {
+            println!("  default site: {} ({})", site.name, site.id);
+        }
+        if let Some(link) = &first.sign_in_link {
+            println!("  one-time sign-in link (valid 24 h): {link}");
+        }
+        println!(
+            "  admin API token (shown once, store it now): {}",
+            first.admin_api_token
+        );
+    }
+    let store = match portal.app.store.backend() {
+        Backend::Sqlite => format!("SQLite in {}", args.data_dir.display()),
+        Backend::Postgres => "PostgreSQL".to_owned(),
+    };
+    tracing::info!(addr = %portal.addr, %store, "portal listening");
+    println!(
+        "keyhole-portal listening on http://{} ({store}); public URL {}",
+        portal.addr, portal.public_url
+    );
+    portal.wait().await
 }

@@ -161,6 +161,11 @@ impl Snapshot {
         self.resources.get(&id)
     }
 
+    /// Every resource, in no particular order.
+    pub fn resources(&self) -> impl Iterator<Item = &Resource> + '_ {
+        self.resources.values()
+    }
+
     pub fn policy(&self, id: PolicyId) -> Option<&Policy> {
         self.policies.get(&id)
     }

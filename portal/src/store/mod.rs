@@ -12,16 +12,19 @@ mod actors;
 mod actors_admin;
 mod clients;
 mod clients_admin;
+mod control_support;
 mod error;
 mod flow_log;
 mod flow_log_admin;
 mod network;
 mod network_admin;
+mod passwords;
 mod resources;
 mod resources_admin;
 mod snapshot;
 mod tokens;
 mod tokens_admin;
+mod web_sessions;
 
 use std::{path::Path, str::FromStr};
 
@@ -44,6 +47,7 @@ pub use resources::{NewPolicy, NewResource, PolicyRecord};
 pub use resources_admin::PolicyFilter;
 pub use tokens::{IssuedToken, TokenInfo, TokenKind, TokenOwner};
 pub use tokens_admin::TokenRecord;
+pub use web_sessions::{NewWebSession, WebSession, random_secret};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
