@@ -164,6 +164,9 @@ fn measure(topo: &Topology, senders: usize, size: usize, secs: u64) -> anyhow::R
     })
 }
 
+/// A variant with its per-round relayed pkt/s, Mbit/s and offered pkt/s.
+type Series = (Variant, Vec<f64>, Vec<f64>, Vec<f64>);
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
@@ -178,7 +181,7 @@ fn main() -> anyhow::Result<()> {
     let topo = Topology::new()?;
     nft_setup(&topo)?;
     let variants = [Variant::Xdp, Variant::Userspace, Variant::Coturn];
-    let mut results: Vec<(Variant, Vec<f64>, Vec<f64>, Vec<f64>)> = variants
+    let mut results: Vec<Series> = variants
         .iter()
         .map(|v| (*v, Vec::new(), Vec::new(), Vec::new()))
         .collect();

@@ -8,9 +8,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use keyhole_stun::server::{Event, Server, ServerConfig, Transmit, Transport};
+use std::os::fd::AsRawFd as _;
+
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::batch;
 use crate::ports::SocketPorts;
 use crate::stats::Stats;
 use crate::xdp::{ChannelMirror, FastPath};
@@ -78,7 +82,8 @@ pub async fn run(
         .as_secs();
     let mut server = Server::new(config, ports, Instant::now(), unix_now);
     let mut tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
-    let mut buf = vec![0u8; 65536];
+    let mut recv = batch::RecvBatch::default();
+    let mut out = Outbox::default();
     let count_client = |data: &[u8]| {
         Stats::add(&stats.client_datagrams, 1);
         if matches!(data.first(), Some(0x40..=0x7f)) {
@@ -96,22 +101,31 @@ pub async fn run(
         tokio::select! {
             biased;
             () = sleep => server.handle_timeout(Instant::now()),
-            r = listener.recv_from(&mut buf) => match r {
-                Ok((n, from)) => {
-                    count_client(&buf[..n]);
-                    server.handle_input(Instant::now(), from, Transport::Udp, &buf[..n]);
-                    // Drain whatever else is already queued without waiting.
-                    for _ in 0..BATCH {
-                        match listener.try_recv_from(&mut buf) {
-                            Ok((n, from)) => {
-                                count_client(&buf[..n]);
-                                server.handle_input(Instant::now(), from, Transport::Udp, &buf[..n]);
+            r = listener.readable() => match r {
+                Ok(()) => {
+                    // Drain what is queued, a batch per syscall, without waiting.
+                    for _ in 0..BATCH / batch::BATCH {
+                        let n = match listener.try_io(Interest::READABLE, || recv.recv(listener.as_raw_fd())) {
+                            Ok(n) => n,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "listener receive error");
+                                break;
                             }
-                            Err(_) => break,
+                        };
+                        let now = Instant::now();
+                        for i in 0..n {
+                            if let Some((from, data)) = recv.get(i) {
+                                count_client(data);
+                                server.handle_input(now, from, Transport::Udp, data);
+                            }
+                        }
+                        if n < batch::BATCH {
+                            break;
                         }
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "listener receive error"),
+                Err(e) => tracing::debug!(error = %e, "listener readiness error"),
             },
             msg = inbound.recv() => {
                 let Some(msg) = msg else { anyhow::bail!("all inbound senders closed") };
@@ -155,11 +169,7 @@ pub async fn run(
                     client,
                     transport: Transport::Udp,
                     payload,
-                } => {
-                    if let Err(e) = listener.send_to(&payload, client).await {
-                        tracing::debug!(%client, error = %e, "send to client failed");
-                    }
-                }
+                } => out.push(None, client, payload),
                 Transmit::ToClient {
                     client,
                     transport: Transport::Tcp,
@@ -175,14 +185,13 @@ pub async fn run(
                     peer,
                     payload,
                 } => {
-                    if let Some(socket) = server.ports().socket(relay)
-                        && let Err(e) = socket.send_to(&payload, peer).await
-                    {
-                        tracing::debug!(%peer, error = %e, "send to peer failed");
+                    if let Some(socket) = server.ports().socket(relay) {
+                        out.push(Some(socket.clone()), peer, payload);
                     }
                 }
             }
         }
+        out.flush(&listener).await;
         stats.allocations.store(
             server.allocation_count() as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -204,5 +213,57 @@ fn log_event(e: &Event) {
             tracing::info!(%client, ?reason, "allocation deleted")
         }
         other => tracing::debug!(event = ?other, "relay state"),
+    }
+}
+
+/// UDP datagrams queued by one loop iteration, sent in batches per socket
+/// (`None` is the listener).
+#[derive(Default)]
+struct Outbox {
+    items: Vec<(Option<Arc<UdpSocket>>, SocketAddr, Vec<u8>)>,
+}
+
+impl Outbox {
+    fn push(&mut self, socket: Option<Arc<UdpSocket>>, to: SocketAddr, payload: Vec<u8>) {
+        self.items.push((socket, to, payload));
+    }
+
+    /// Sends everything: runs of the same socket go out with sendmmsg;
+    /// whatever a full socket buffer refuses is sent waiting for it.
+    async fn flush(&mut self, listener: &UdpSocket) {
+        let items = std::mem::take(&mut self.items);
+        let mut start = 0;
+        while start < items.len() {
+            let same = |(s, _, _): &(Option<Arc<UdpSocket>>, SocketAddr, Vec<u8>)| match (
+                s,
+                &items[start].0,
+            ) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            let end = start + items[start..].iter().take_while(|i| same(i)).count();
+            let socket: &UdpSocket = items[start].0.as_deref().unwrap_or(listener);
+            let run: Vec<(SocketAddr, &[u8])> = items[start..end]
+                .iter()
+                .map(|(_, to, p)| (*to, p.as_slice()))
+                .collect();
+            let sent = socket
+                .try_io(Interest::WRITABLE, || {
+                    match batch::send_batch(socket.as_raw_fd(), &run) {
+                        0 => Err(std::io::ErrorKind::WouldBlock.into()),
+                        n => Ok(n),
+                    }
+                })
+                .unwrap_or(0);
+            for (to, payload) in &run[sent..] {
+                if let Err(e) = socket.send_to(payload, *to).await {
+                    tracing::debug!(%to, error = %e, "send failed");
+                }
+            }
+            start = end;
+        }
+        self.items = items;
+        self.items.clear();
     }
 }

@@ -1,6 +1,7 @@
 //! `keyhole-relay`: STUN/TURN relay (RFC 8489, RFC 8656) with an XDP
 //! ChannelData fast path and Prometheus metrics.
 
+mod batch;
 pub mod cli;
 mod event_loop;
 pub mod metrics;
