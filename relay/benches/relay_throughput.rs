@@ -5,7 +5,10 @@
 //!
 //! Not a timed test: `cargo bench -p keyhole-relay --bench relay_throughput`
 //! (root needed). Knobs: KEYHOLE_BENCH_ROUNDS (3), KEYHOLE_BENCH_SECS (3),
-//! KEYHOLE_BENCH_SIZE (payload bytes, 1200), KEYHOLE_BENCH_SENDERS (2).
+//! KEYHOLE_BENCH_SIZE (payload bytes, 1200), KEYHOLE_BENCH_SENDERS (2),
+//! KEYHOLE_BENCH_GEN (`raw`: prebuilt frames on AF_PACKET, the default, so
+//! the generator is cheaper than what it measures; `udp`: UDP sockets),
+//! KEYHOLE_BENCH_PIN (1: senders on CPU 0, relay on CPU 1; 0: no pinning).
 //!
 //! Each sender is a TURN client with its own allocation and channel that
 //! blasts ChannelData with sendmmsg; the peer namespace counts and drops
@@ -18,9 +21,9 @@ mod topology;
 mod turn_client;
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -90,16 +93,135 @@ fn nft_count(topo: &Topology) -> anyhow::Result<(u64, u64)> {
     Ok((words[at + 1].parse()?, words[at + 3].parse()?))
 }
 
-/// Sends ChannelData on `client`'s channel as fast as sendmmsg goes until
-/// `stop`; returns datagrams sent.
-fn blast(client: &TurnClient, channel: u16, size: usize, stop: &AtomicBool) -> u64 {
+/// MAC address of `dev` in `ns`.
+fn mac(ns: &keyhole_tests_netns::Netns, dev: &str) -> anyhow::Result<[u8; 6]> {
+    let out = ns.ip(["-o", "link", "show", dev])?;
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == "link/ether")
+        .context("no link/ether")?;
+    let mut m = [0u8; 6];
+    for (b, h) in m.iter_mut().zip(words[at + 1].split(':')) {
+        *b = u8::from_str_radix(h, 16)?;
+    }
+    Ok(m)
+}
+
+/// The Ethernet frame the kernel would send for `client`'s ChannelData,
+/// with full IPv4 and UDP checksums.
+fn frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    from: SocketAddr,
+    to: SocketAddr,
+    channel: u16,
+    size: usize,
+) -> anyhow::Result<Vec<u8>> {
+    use keyhole_ebpf_common::relay::csum;
+    let (SocketAddr::V4(from), SocketAddr::V4(to)) = (from, to) else {
+        anyhow::bail!("IPv4 only");
+    };
     let data = vec![0xabu8; size];
-    let frame = ChannelData {
+    let payload = ChannelData {
         channel,
         data: &data,
     }
-    .encode(false)
-    .expect("frame");
+    .encode(false)?;
+    let udp_len = (8 + payload.len()) as u16;
+    let total = 20 + udp_len;
+    let mut f = Vec::with_capacity(14 + total as usize);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&from.ip().octets());
+    ip[16..20].copy_from_slice(&to.ip().octets());
+    let c = csum::ipv4_header(&ip).to_be_bytes();
+    ip[10..12].copy_from_slice(&c);
+    f.extend_from_slice(&ip);
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&from.port().to_be_bytes());
+    udp.extend_from_slice(&to.port().to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(&payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&from.ip().octets());
+    pseudo.extend_from_slice(&to.ip().octets());
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&udp_len.to_be_bytes());
+    pseudo.extend_from_slice(&udp);
+    if pseudo.len() % 2 == 1 {
+        pseudo.push(0);
+    }
+    let check = match !csum::fold(csum::add_words(0, &pseudo)) {
+        0 => 0xffff,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+    f.extend_from_slice(&udp);
+    Ok(f)
+}
+
+/// An AF_PACKET socket on the client's eth0 that bypasses the qdisc: frames
+/// leave without the UDP/IP stack, so the generator costs less than the
+/// relaying it measures.
+fn packet_socket(ifindex: i32) -> anyhow::Result<OwnedFd> {
+    // SAFETY: plain socket/setsockopt/bind calls with correctly sized args.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = ifindex;
+        if libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        ) < 0
+        {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(fd)
+    }
+}
+
+/// Sends `frame` with sendmmsg batches on `fd` until `stop`.
+/// CPU the sender threads pin themselves to (`usize::MAX`: none).
+static SENDER_CPU: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+fn pin_current_thread() {
+    let cpu = SENDER_CPU.load(Ordering::Relaxed);
+    if cpu == usize::MAX {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t with one bit set, passed with its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn blast_fd(fd: i32, frame: &[u8], stop: &AtomicBool) -> u64 {
+    pin_current_thread();
     let mut iov = libc::iovec {
         iov_base: frame.as_ptr() as *mut libc::c_void,
         iov_len: frame.len(),
@@ -113,10 +235,9 @@ fn blast(client: &TurnClient, channel: u16, size: usize, stop: &AtomicBool) -> u
             m
         })
         .collect();
-    let fd = client.socket.as_raw_fd();
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        // SAFETY: msgs and the buffers it points at outlive the call.
+        // SAFETY: msgs and the buffer it points at outlive the call.
         let n = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, 0) };
         if n > 0 {
             sent += n as u64;
@@ -125,7 +246,35 @@ fn blast(client: &TurnClient, channel: u16, size: usize, stop: &AtomicBool) -> u
     sent
 }
 
-fn measure(topo: &Topology, senders: usize, size: usize, secs: u64) -> anyhow::Result<Sample> {
+/// Sends ChannelData on `client`'s channel as fast as sendmmsg goes until
+/// `stop`; returns datagrams sent.
+fn blast(client: &TurnClient, channel: u16, size: usize, stop: &AtomicBool) -> u64 {
+    let data = vec![0xabu8; size];
+    let frame = ChannelData {
+        channel,
+        data: &data,
+    }
+    .encode(false)
+    .expect("frame");
+    blast_fd(client.socket.as_raw_fd(), &frame, stop)
+}
+
+/// How the load is generated.
+struct Generator {
+    /// Raw frames on AF_PACKET (default) rather than UDP sockets.
+    raw: bool,
+    client_mac: [u8; 6],
+    relay_mac: [u8; 6],
+    ifindex: i32,
+}
+
+fn measure(
+    topo: &Topology,
+    generator: &Generator,
+    senders: usize,
+    size: usize,
+    secs: u64,
+) -> anyhow::Result<Sample> {
     let server: SocketAddr = LISTEN.parse()?;
     let mut clients = Vec::new();
     for k in 0..senders {
@@ -145,7 +294,25 @@ fn measure(topo: &Topology, senders: usize, size: usize, secs: u64) -> anyhow::R
             .enumerate()
             .map(|(k, c)| {
                 let stop = stop.clone();
-                s.spawn(move || blast(c, 0x4000 + k as u16, size, &stop))
+                let channel = 0x4000 + k as u16;
+                if generator.raw {
+                    let f = frame(
+                        generator.client_mac,
+                        generator.relay_mac,
+                        c.socket.local_addr().expect("local addr"),
+                        server,
+                        channel,
+                        size,
+                    )
+                    .expect("frame");
+                    let fd = topo
+                        .client
+                        .enter(|| packet_socket(generator.ifindex))
+                        .expect("packet socket");
+                    s.spawn(move || blast_fd(fd.as_raw_fd(), &f, &stop))
+                } else {
+                    s.spawn(move || blast(c, channel, size, &stop))
+                }
             })
             .collect();
         std::thread::sleep(Duration::from_secs(secs));
@@ -180,22 +347,49 @@ fn main() -> anyhow::Result<()> {
     let senders = env_or("KEYHOLE_BENCH_SENDERS", 2) as usize;
     let topo = Topology::new()?;
     nft_setup(&topo)?;
+    // Senders on CPU 0, the relay on CPU 1: each userspace relay gets one
+    // whole core whatever its threading, and the senders cannot starve it.
+    let pin = std::env::var("KEYHOLE_BENCH_PIN").map_or(true, |p| p != "0")
+        && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let relay_cpu = pin.then_some(1);
+    SENDER_CPU.store(if pin { 0 } else { usize::MAX }, Ordering::Relaxed);
+    let raw = std::env::var("KEYHOLE_BENCH_GEN").map_or(true, |g| g != "udp");
+    // `ip -o link` lines start with "IFINDEX: NAME".
+    let ifindex: i32 = topo
+        .client
+        .ip(["-o", "link", "show", "eth0"])?
+        .split(':')
+        .next()
+        .context("ip -o link output")?
+        .trim()
+        .parse()?;
+    let generator = Generator {
+        raw,
+        client_mac: mac(&topo.client, "eth0")?,
+        relay_mac: mac(&topo.relay, "c0")?,
+        ifindex,
+    };
     let variants = [Variant::Xdp, Variant::Userspace, Variant::Coturn];
     let mut results: Vec<Series> = variants
         .iter()
         .map(|v| (*v, Vec::new(), Vec::new(), Vec::new()))
         .collect();
     println!(
-        "relayed ChannelData client → peer, payload {size} B, {senders} senders, {secs} s × {rounds} rounds"
+        "relayed ChannelData client → peer, payload {size} B, {senders} senders ({}), {secs} s × {rounds} rounds",
+        if raw {
+            "AF_PACKET frames"
+        } else {
+            "UDP sockets"
+        }
     );
     for round in 0..rounds {
         for (variant, pps, mbps, offered) in results.iter_mut() {
             let mut relay = match variant {
-                Variant::Xdp => topo.start_keyhole("native")?,
-                Variant::Userspace => topo.start_keyhole("off")?,
-                Variant::Coturn => topo.start_coturn()?,
+                Variant::Xdp => topo.start_keyhole_on("native", relay_cpu)?,
+                Variant::Userspace => topo.start_keyhole_on("off", relay_cpu)?,
+                Variant::Coturn => topo.start_coturn(relay_cpu)?,
             };
-            let s = measure(&topo, senders, size, secs)
+            let s = measure(&topo, &generator, senders, size, secs)
                 .with_context(|| format!("{}: {}", variant.name(), relay.output_so_far()))?;
             if *variant == Variant::Xdp {
                 let m = topo.metrics()?;

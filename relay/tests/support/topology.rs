@@ -74,9 +74,15 @@ impl Topology {
 
     /// Starts keyhole-relay in the relay namespace with `--xdp-mode mode`.
     pub fn start_keyhole(&self, mode: &str) -> anyhow::Result<Proc> {
-        let relay = self.relay.spawn(
+        self.start_keyhole_on(mode, None)
+    }
+
+    /// As [`start_keyhole`](Self::start_keyhole), pinned to `cpu` if given.
+    pub fn start_keyhole_on(&self, mode: &str, cpu: Option<usize>) -> anyhow::Result<Proc> {
+        let relay = self.spawn_on(
+            cpu,
             env!("CARGO_BIN_EXE_keyhole-relay"),
-            [
+            &[
                 "--listen",
                 LISTEN,
                 "--static-auth-secret",
@@ -103,10 +109,11 @@ impl Topology {
     }
 
     /// Starts coturn's turnserver in the relay namespace.
-    pub fn start_coturn(&self) -> anyhow::Result<Proc> {
-        let p = self.relay.spawn(
+    pub fn start_coturn(&self, cpu: Option<usize>) -> anyhow::Result<Proc> {
+        let p = self.spawn_on(
+            cpu,
             "turnserver",
-            [
+            &[
                 "-n",
                 "--listening-ip",
                 RELAY_CLIENT_SIDE,
@@ -133,6 +140,19 @@ impl Topology {
         )?;
         std::thread::sleep(Duration::from_millis(700));
         Ok(p)
+    }
+
+    /// Spawns `program` in the relay namespace, under `taskset` if pinned.
+    fn spawn_on(&self, cpu: Option<usize>, program: &str, args: &[&str]) -> anyhow::Result<Proc> {
+        match cpu {
+            Some(cpu) => {
+                let cpu = cpu.to_string();
+                let mut all = vec!["-c", cpu.as_str(), program];
+                all.extend_from_slice(args);
+                self.relay.spawn("taskset", all)
+            }
+            None => self.relay.spawn(program, args.iter().copied()),
+        }
     }
 
     /// GET /metrics from inside the relay namespace, parsed into
