@@ -59,6 +59,8 @@ impl Variant {
 }
 
 struct Sample {
+    /// Busy share of the relay's CPU during the run (None: not pinned).
+    relay_cpu_busy: Option<f64>,
     sent: u64,
     received: u64,
     bytes: u64,
@@ -271,6 +273,7 @@ struct Generator {
 fn measure(
     topo: &Topology,
     generator: &Generator,
+    relay_cpu: Option<usize>,
     senders: usize,
     size: usize,
     secs: u64,
@@ -287,6 +290,7 @@ fn measure(
     }
     let stop = Arc::new(AtomicBool::new(false));
     let (p0, b0) = nft_count(topo)?;
+    let cpu0 = relay_cpu.map(cpu_jiffies).transpose()?;
     let start = Instant::now();
     let sent: u64 = std::thread::scope(|s| {
         let handles: Vec<_> = clients
@@ -320,10 +324,16 @@ fn measure(
         handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
     });
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu1 = relay_cpu.map(cpu_jiffies).transpose()?;
+    let relay_cpu_busy = match (cpu0, cpu1) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => Some((b1 - b0) as f64 / (t1 - t0) as f64),
+        _ => None,
+    };
     // Let queued datagrams drain before reading the count.
     std::thread::sleep(Duration::from_millis(200));
     let (p1, b1) = nft_count(topo)?;
     Ok(Sample {
+        relay_cpu_busy,
         sent,
         received: p1 - p0,
         bytes: b1 - b0,
@@ -331,8 +341,69 @@ fn measure(
     })
 }
 
-/// A variant with its per-round relayed pkt/s, Mbit/s and offered pkt/s.
-type Series = (Variant, Vec<f64>, Vec<f64>, Vec<f64>);
+/// A variant with its per-round relayed pkt/s, Mbit/s, offered pkt/s and
+/// relayed pkt per second of relay-CPU time.
+type Series = (Variant, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
+/// With XDP attached, c0's receive work (the fast path, and everything
+/// downstream of its redirect) runs in c0's NAPI poll, by default in the
+/// softirq of the CPU that sent the frame, i.e. the sender's. Threaded
+/// NAPI pinned to the relay's CPU puts it where a NIC queue's interrupt
+/// would: on the relay's core, as the userspace relays' work is.
+fn napi_on_cpu(topo: &Topology, cpu: usize) -> anyhow::Result<()> {
+    let ns = topo.relay.name().to_string();
+    // `ip netns exec` mounts the namespace's own /sys.
+    let status = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "sh",
+            "-c",
+            "echo 1 > /sys/class/net/c0/threaded",
+        ])
+        .status()?;
+    anyhow::ensure!(status.success(), "enabling threaded NAPI on c0");
+    // The kthreads are named napi/c0-<napi id>; several namespaces may have
+    // a c0, so pin every one (only this bench's carries traffic).
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "pid=,comm="])
+        .output()?;
+    let mut pinned = 0;
+    for line in String::from_utf8_lossy(&ps.stdout).lines() {
+        let mut it = line.split_whitespace();
+        if let (Some(pid), Some(comm)) = (it.next(), it.next())
+            && comm.starts_with("napi/c0-")
+        {
+            let ok = std::process::Command::new("taskset")
+                .args(["-pc", &cpu.to_string(), pid])
+                .output()?
+                .status
+                .success();
+            pinned += usize::from(ok);
+        }
+    }
+    anyhow::ensure!(pinned > 0, "no napi/c0-* thread found");
+    Ok(())
+}
+
+/// (busy, total) jiffies of `cpu` from /proc/stat; steal counts as neither.
+fn cpu_jiffies(cpu: usize) -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .context("cpu line")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6];
+    Ok((busy, busy + v[3] + v[4]))
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -372,7 +443,7 @@ fn main() -> anyhow::Result<()> {
     let variants = [Variant::Xdp, Variant::Userspace, Variant::Coturn];
     let mut results: Vec<Series> = variants
         .iter()
-        .map(|v| (*v, Vec::new(), Vec::new(), Vec::new()))
+        .map(|v| (*v, Vec::new(), Vec::new(), Vec::new(), Vec::new()))
         .collect();
     println!(
         "relayed ChannelData client → peer, payload {size} B, {senders} senders ({}), {secs} s × {rounds} rounds",
@@ -383,13 +454,18 @@ fn main() -> anyhow::Result<()> {
         }
     );
     for round in 0..rounds {
-        for (variant, pps, mbps, offered) in results.iter_mut() {
+        for (variant, pps, mbps, offered, per_cpu) in results.iter_mut() {
             let mut relay = match variant {
                 Variant::Xdp => topo.start_keyhole_on("native", relay_cpu)?,
                 Variant::Userspace => topo.start_keyhole_on("off", relay_cpu)?,
                 Variant::Coturn => topo.start_coturn(relay_cpu)?,
             };
-            let s = measure(&topo, &generator, senders, size, secs)
+            if *variant == Variant::Xdp
+                && let Some(cpu) = relay_cpu
+            {
+                napi_on_cpu(&topo, cpu)?;
+            }
+            let s = measure(&topo, &generator, relay_cpu, senders, size, secs)
                 .with_context(|| format!("{}: {}", variant.name(), relay.output_so_far()))?;
             if *variant == Variant::Xdp {
                 let m = topo.metrics()?;
@@ -403,13 +479,17 @@ fn main() -> anyhow::Result<()> {
             let p = s.received as f64 / s.secs;
             // Application payload bits per second (the UDP payload at the peer).
             let payload_bits = (s.bytes as f64 - s.received as f64 * 28.0) * 8.0 / s.secs;
+            let busy = s.relay_cpu_busy.unwrap_or(f64::NAN);
             println!(
-                "  round {round} {:<24} sent {:>10.0} pkt/s  relayed {:>10.0} pkt/s  {:>8.1} Mbit/s",
+                "  round {round} {:<24} sent {:>10.0} pkt/s  relayed {:>10.0} pkt/s  {:>8.1} Mbit/s  relay CPU {:>5.1} %  {:>10.0} pkt per relay-CPU-second",
                 variant.name(),
                 s.sent as f64 / s.secs,
                 p,
-                payload_bits / 1e6
+                payload_bits / 1e6,
+                busy * 100.0,
+                p / busy
             );
+            per_cpu.push(p / busy);
             pps.push(p);
             mbps.push(payload_bits / 1e6);
             offered.push(s.sent as f64 / s.secs);
@@ -417,15 +497,19 @@ fn main() -> anyhow::Result<()> {
     }
     println!("medians:");
     let coturn = median(results[2].1.clone());
-    for (variant, pps, mbps, offered) in &results {
+    let coturn_eff = median(results[2].4.clone());
+    for (variant, pps, mbps, offered, per_cpu) in &results {
         let p = median(pps.clone());
+        let eff = median(per_cpu.clone());
         println!(
-            "  {:<24} {:>10.0} pkt/s  {:>8.1} Mbit/s  (offered {:>10.0} pkt/s)  {:>5.2}× coturn",
+            "  {:<24} {:>10.0} pkt/s  {:>8.1} Mbit/s  (offered {:>10.0} pkt/s)  {:>5.2}× coturn  |  {:>10.0} pkt per relay-CPU-second  {:>5.2}× coturn",
             variant.name(),
             p,
             median(mbps.clone()),
             median(offered.clone()),
-            if coturn > 0.0 { p / coturn } else { f64::NAN }
+            p / coturn,
+            eff,
+            eff / coturn_eff
         );
     }
     Ok(())
