@@ -43,14 +43,18 @@ struct Exchange {
 /// Allocates, binds, then ROUNDS ping-pongs: client → peer over the channel,
 /// peer answers to the relayed address.
 fn exchange(topo: &Topology) -> Exchange {
+    exchange_with(topo, &topo.peer, PEER_IP)
+}
+
+/// As [`exchange`], with the peer in namespace `peer_ns` at `peer_ip`.
+fn exchange_with(topo: &Topology, peer_ns: &keyhole_tests_netns::Netns, peer_ip: &str) -> Exchange {
     let server: SocketAddr = LISTEN.parse().unwrap();
-    let peer_addr: SocketAddr = format!("{PEER_IP}:{PEER_PORT}").parse().unwrap();
+    let peer_addr: SocketAddr = format!("{peer_ip}:{PEER_PORT}").parse().unwrap();
     let mut client = topo
         .client
         .enter(|| TurnClient::allocate(format!("{CLIENT_IP}:0").parse().unwrap(), server, SECRET))
         .expect("allocate");
-    let peer = topo
-        .peer
+    let peer = peer_ns
         .enter(|| UdpSocket::bind(peer_addr))
         .expect("peer socket");
     peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -163,6 +167,118 @@ fn fast_path_carries_channel_data_and_userspace_sees_none() {
     );
     // Control traffic (the STUN of the allocation) went to userspace.
     assert!(x.after["keyhole_relay_xdp_passed_total{reason=\"not_channel_data\"}"] >= 2);
+}
+
+#[test]
+fn fast_path_sends_back_out_of_the_same_link_with_xdp_tx() {
+    // The peer sits on the client's link: both directions leave through the
+    // interface they came in on.
+    let topo = Topology::new().expect("topology");
+    let relay = topo.start_keyhole("native").expect("relay");
+    let x = exchange_with(&topo, &topo.client, CLIENT_IP);
+    let m = |name: &str| delta(&x.before, &x.after, name);
+    assert_payloads(&x);
+    let log = relay.output_so_far();
+    assert_eq!(
+        m("keyhole_relay_xdp_packets_total{direction=\"to_peer\"}"),
+        ROUNDS as u64,
+        "{log}"
+    );
+    assert_eq!(
+        m("keyhole_relay_xdp_packets_total{direction=\"to_client\"}"),
+        ROUNDS as u64
+    );
+    assert_eq!(
+        m("keyhole_relay_xdp_sent_total{how=\"tx\"}"),
+        2 * ROUNDS as u64
+    );
+    assert_eq!(m("keyhole_relay_xdp_sent_total{how=\"redirect\"}"), 0);
+    assert_eq!(
+        m("keyhole_relay_userspace_datagrams_total{source=\"peer\"}"),
+        0
+    );
+    assert_eq!(
+        m("keyhole_relay_userspace_datagrams_total{source=\"client_channel_data\"}"),
+        0
+    );
+}
+
+#[test]
+fn fast_path_works_in_generic_mode() {
+    let topo = Topology::new().expect("topology");
+    let relay = topo.start_keyhole("generic").expect("relay");
+    let x = exchange(&topo);
+    let m = |name: &str| delta(&x.before, &x.after, name);
+    assert_payloads(&x);
+    let log = relay.output_so_far();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("XDP fast path attached") && l.contains("generic")),
+        "{log}"
+    );
+    assert_eq!(
+        m("keyhole_relay_xdp_packets_total{direction=\"to_peer\"}"),
+        ROUNDS as u64,
+        "{log}"
+    );
+    assert_eq!(
+        m("keyhole_relay_xdp_packets_total{direction=\"to_client\"}"),
+        ROUNDS as u64
+    );
+    assert_eq!(
+        m("keyhole_relay_userspace_relayed_packets_total{direction=\"to_peer\"}"),
+        0
+    );
+}
+
+#[test]
+fn unattachable_xdp_falls_back_to_userspace() {
+    // No such interface: the relay says so and relays in userspace.
+    let topo = Topology::new().expect("topology");
+    let relay = topo
+        .relay
+        .spawn(
+            env!("CARGO_BIN_EXE_keyhole-relay"),
+            [
+                "--listen",
+                LISTEN,
+                "--static-auth-secret",
+                SECRET,
+                "--realm",
+                REALM,
+                "--min-port",
+                "50000",
+                "--max-port",
+                "50999",
+                "--no-tcp",
+                "--xdp-iface",
+                "nosuch0",
+                "--xdp-mode",
+                "native",
+                "--metrics-listen",
+                METRICS,
+            ],
+        )
+        .expect("relay");
+    relay
+        .wait_for_output("keyhole-relay listening", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}: {}", relay.output_so_far()));
+    assert!(
+        relay
+            .output_so_far()
+            .contains("XDP fast path could not attach")
+    );
+    let x = exchange(&topo);
+    assert_payloads(&x);
+    assert_eq!(x.after["keyhole_relay_xdp_attached"], 0);
+    assert_eq!(
+        delta(
+            &x.before,
+            &x.after,
+            "keyhole_relay_userspace_relayed_packets_total{direction=\"to_peer\"}"
+        ),
+        ROUNDS as u64
+    );
 }
 
 #[test]
