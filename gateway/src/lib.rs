@@ -1,6 +1,8 @@
 //! Keyhole gateway library: the pieces the `keyhole-gateway` binary and the
 //! netns tests share.
 
+pub mod backend;
 pub mod nat;
 pub mod policy;
+pub mod session;
 pub mod wg;
