@@ -1,44 +1,77 @@
 //! `keyhole-gateway`: the Keyhole Linux gateway.
+//!
+//! The thin IO shell around [`keyhole_gateway::session::Session`]: it owns
+//! the WebSocket to the portal, the clock, the data plane (tunnel
+//! interface, policy filter, NAT) and executes the session's actions.
+//! Everything it set up goes away through drop on SIGINT/SIGTERM.
 
-use clap::{Parser, ValueEnum};
+mod session_shell;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use keyhole_gateway::wg::BackendChoice;
 
 /// Keyhole gateway: forwards authorised client traffic to the resources of
 /// its site, with the data plane in the kernel where it can.
 #[derive(Debug, Parser)]
 #[command(name = "keyhole-gateway", version)]
-struct Args {
-    /// Portal URL.
+pub struct Args {
+    /// Portal URL (http:// or ws://; the gateway endpoint is
+    /// /api/v1/gateway/ws below it).
     #[arg(
         long,
         env = "KEYHOLE_PORTAL_URL",
         default_value = "http://127.0.0.1:8080"
     )]
-    portal_url: String,
+    pub portal_url: String,
     /// Site token issued by the portal.
     #[arg(long, env = "KEYHOLE_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    pub token: String,
     /// WireGuard backend.
-    #[arg(long, env = "KEYHOLE_BACKEND", value_enum, default_value_t = Backend::Auto)]
-    backend: Backend,
+    #[arg(long, env = "KEYHOLE_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Tunnel interface name (WireGuard link or TUN).
+    #[arg(long, env = "KEYHOLE_INTERFACE", default_value = "keyhole0")]
+    pub interface: String,
+    /// UDP port for WireGuard (and ICE with the userspace backend).
+    #[arg(long, env = "KEYHOLE_LISTEN_PORT", default_value_t = 51820)]
+    pub listen_port: u16,
+    /// Addresses offered to clients as ICE host candidates (repeatable);
+    /// default: every non-loopback IPv4 address of the host.
+    #[arg(long = "advertise", env = "KEYHOLE_ADVERTISE", value_delimiter = ',')]
+    pub advertise: Vec<IpAddr>,
+    /// Name shown to admins; default: the host name.
+    #[arg(long, env = "KEYHOLE_NAME")]
+    pub name: Option<String>,
+    /// Seconds between heartbeats to the portal.
+    #[arg(long, default_value_t = 30)]
+    pub heartbeat_secs: u64,
+    /// Longest wait between reconnect attempts, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub max_backoff_secs: u64,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Backend {
-    Kernel,
-    Userspace,
-    Auto,
+impl Args {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs.max(1))
+    }
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().init();
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
-    tracing::info!(
-        bytes = keyhole_gateway::policy::GATEWAY_EBPF.len(),
-        "policy filter object"
-    );
-    anyhow::bail!(
-        "the gateway control session is not implemented yet (portal {}, backend {:?})",
-        args.portal_url,
-        args.backend
-    )
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(session_shell::run(args))
 }
