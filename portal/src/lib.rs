@@ -9,3 +9,4 @@ pub mod server;
 pub mod server_bootstrap;
 pub mod state;
 pub mod store;
+pub mod web;

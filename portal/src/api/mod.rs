@@ -21,11 +21,11 @@ mod gateways;
 mod groups;
 pub mod openapi;
 pub mod page;
-mod policies;
-mod resources;
+pub(crate) mod policies;
+pub(crate) mod resources;
 mod service_accounts;
 mod sites;
-mod tokens;
+pub(crate) mod tokens;
 mod users;
 
 use axum::{Router, http::Uri};

@@ -47,7 +47,7 @@ pub struct PolicyIn {
 
 impl PolicyIn {
     /// Checks serde cannot express; all problems at once.
-    fn validate(self) -> ApiResult<NewPolicy> {
+    pub(crate) fn validate(self) -> ApiResult<NewPolicy> {
         let mut fields = Vec::new();
         if self.description.chars().count() > MAX_DESCRIPTION {
             fields.push(FieldError {
