@@ -138,7 +138,11 @@ pub async fn start(
     .await
     .context("starting the control plane")?;
 
-    let router = routes(app.clone(), control.router, metrics.clone());
+    let web = crate::web::router_with(crate::web::WebConfig {
+        public_url: cfg.public_url.clone(),
+        ..crate::web::WebConfig::default()
+    });
+    let router = routes(app.clone(), control.router, web, metrics.clone());
     let server = tokio::spawn(async move {
         axum::serve(
             listener,
@@ -158,10 +162,17 @@ pub async fn start(
     })
 }
 
-fn routes(app: AppState, control: Router<AppState>, metrics: Arc<Metrics>) -> Router {
+fn routes(
+    app: AppState,
+    control: Router<AppState>,
+    web: Router<AppState>,
+    metrics: Arc<Metrics>,
+) -> Router {
     let api = crate::api::router().merge(control);
     Router::new()
         .nest("/api/v1", api)
+        // The admin UI at `/` (sign-in, pages, /assets).
+        .merge(web)
         .route("/healthz", get(healthz))
         .route(
             "/metrics",

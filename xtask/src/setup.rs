@@ -35,6 +35,8 @@ const PACKAGES: &[&str] = &[
     "kmod",            // depmod for the VM initramfs
     "busybox-static",  // VM initramfs
     "qemu-system-x86", // kernel-WireGuard VM tests
+    "chromium",        // headless browser for the portal web UI tests
+    "chromium-driver", // chromedriver, driven by fantoccini
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
