@@ -120,6 +120,22 @@ async fn admin_creates_site_resource_group_policy_and_sees_a_gateway_come_online
         let rows = b.text("#policies tbody").await?;
         anyhow::ensure!(rows.contains("engineering") && rows.contains("intranet") && rows.contains("Europe/Berlin"), "{rows}");
         b.shot("policies").await?;
+
+        // Phone width: the menu folds, the page does not scroll sideways
+        // (wide tables scroll inside their own box).
+        b.set_size(390, 844).await?;
+        for path in ["/policies", "/policies/new", "/gateways", "/flow-log"] {
+            b.goto(&portal.url(path)).await?;
+            let fits = b
+                .js("return document.documentElement.scrollWidth <= window.innerWidth")
+                .await?;
+            anyhow::ensure!(fits.as_bool() == Some(true), "{path} overflows at 390 px");
+            b.shot(&format!("phone{}", path.replace('/', "-"))).await?;
+        }
+        b.click("label.nav-toggle").await?;
+        b.wait_js("return document.querySelector('header nav').offsetHeight > 100", LIVE).await?;
+        b.shot("phone-menu").await?;
+        b.set_size(1280, 900).await?;
         let policies = store.list_policies(PolicyFilter::default(), 10, 0).await?;
         anyhow::ensure!(policies.len() == 1, "{policies:?}");
         let p = &policies[0];
