@@ -1,0 +1,395 @@
+//! Control-channel benchmark (not a test): flow authorisations per second
+//! end to end over real WebSockets, and RSS with many idle clients.
+//!
+//! ```text
+//! cargo run --release -p keyhole-portal --example authz_bench -- \
+//!     [--clients 64] [--window 8] [--gateways 2] [--seconds 10] [--idle 10000]
+//! ```
+//!
+//! A portal runs in this process on SQLite in a temp dir. Load phase:
+//! `--clients` service-account clients each keep `--window` `request_flow`s
+//! in flight; `--gateways` test gateways confirm every `authorize_flow`.
+//! Latency is measured by the clients, from sending `request_flow` to
+//! receiving `flow_created`. Idle phase: a child process (this binary with
+//! `idle-clients`) opens `--idle` client connections; the portal process's
+//! RSS is read from /proc once all have received `init`.
+
+#[path = "../tests/control_common/mod.rs"]
+mod control_common;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, Write as _},
+    net::SocketAddr,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use control_common::*;
+use futures_util::{SinkExt as _, StreamExt as _};
+use keyhole_portal::{
+    control::{ControlConfig, tasks::reload_snapshot},
+    policy::{ActorId, Conditions},
+    store::{NewPolicy, NewResource, TokenKind, TokenOwner},
+};
+use keyhole_proto::{
+    Decoded, Envelope, RequestId, ResourceAddress, ResourceName, decode,
+    messages::{
+        ClientToPortal, FlowAuthorized, GatewayToPortal, PortalToClient, PortalToGateway,
+        RequestFlow,
+    },
+};
+use tokio_tungstenite::tungstenite;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("numeric argument"))
+        .unwrap_or(default)
+}
+
+fn raise_fd_limit() {
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() {
+    raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("idle-clients") {
+        rt.block_on(idle_clients(
+            args[2].parse().unwrap(),
+            args[3].parse().unwrap(),
+            args[4].clone(),
+        ));
+    } else {
+        rt.block_on(bench());
+    }
+}
+
+async fn bench() {
+    let clients = arg("--clients", 64) as usize;
+    let window = arg("--window", 8) as usize;
+    let gateways = arg("--gateways", 2) as usize;
+    let seconds = arg("--seconds", 10);
+    let idle = arg("--idle", 10_000) as usize;
+
+    let dir = temp_dir("authz-bench");
+    let portal = start_portal(dir.clone(), None, ControlConfig::default()).await;
+    let store = portal.app.store.clone();
+    let now = Utc::now();
+    let site = portal
+        .first_start
+        .as_ref()
+        .and_then(|f| f.default_site.clone())
+        .unwrap();
+    let sa = store.create_service_account("bench", now).await.unwrap();
+    let group = store.create_group("bench", now).await.unwrap();
+    store
+        .add_member(group.id, ActorId::ServiceAccount(sa.id))
+        .await
+        .unwrap();
+    let resource = store
+        .create_resource(
+            NewResource {
+                name: ResourceName::try_from("bench".to_owned()).unwrap(),
+                address: ResourceAddress::Cidr {
+                    cidr: "10.0.0.0/8".parse().unwrap(),
+                },
+                filters: vec![],
+                site_ids: vec![site.id],
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    store
+        .create_policy(
+            NewPolicy {
+                group_id: group.id,
+                resource_id: resource.id,
+                enabled: true,
+                conditions: Conditions::default(),
+                description: String::new(),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let gw_token = store
+        .create_token(
+            TokenKind::Gateway,
+            TokenOwner::Site(site.id),
+            None,
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+    let sa_token = store
+        .create_token(
+            TokenKind::ServiceAccount,
+            TokenOwner::ServiceAccount(sa.id),
+            None,
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+    reload_snapshot(&store, &portal.hub).await;
+    let addr = portal.addr;
+
+    // Gateways: confirm everything, writing replies in batches.
+    for g in 0..gateways {
+        let ws = connect_gateway(addr, &gw_token.secret, key(1_000_000 + g as u32)).await;
+        tokio::spawn(run_gateway(ws));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut ws = connect_client(addr, &sa_token.secret, key(c as u32)).await;
+        let _init = frame::<PortalToClient>(&mut ws).await;
+        tasks.push(tokio::spawn(run_client(
+            ws,
+            resource.id,
+            window,
+            stop.clone(),
+            measuring.clone(),
+        )));
+    }
+    println!(
+        "load: {clients} clients x {window} in flight, {gateways} gateways, {seconds} s (after 2 s warm-up)"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = t0.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut lat: Vec<u32> = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    println!(
+        "authorisations: {} in {:.1} s = {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        elapsed.as_secs_f64(),
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    println!(
+        "portal: {} live flows, RSS {:.0} MiB",
+        portal.hub.with_core(|c, _| c.live_flows()),
+        rss_mib()
+    );
+
+    if idle > 0 {
+        idle_phase(addr, &sa_token.secret, idle).await;
+    }
+    portal.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn idle_phase(addr: SocketAddr, token: &str, n: usize) {
+    let before = rss_mib();
+    let exe = std::env::current_exe().unwrap();
+    let t0 = Instant::now();
+    let mut child = Command::new(exe)
+        .args(["idle-clients", &addr.to_string(), &n.to_string(), token])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_mib();
+    println!(
+        "idle: {} in {:.1} s; portal process RSS {before:.0} MiB before, {after:.0} MiB with them ({:.1} KiB per client)",
+        ready.trim(),
+        t0.elapsed().as_secs_f64(),
+        (after - before) * 1024.0 / n as f64
+    );
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
+/// Child process: hold `n` idle client connections until stdin closes.
+async fn idle_clients(addr: SocketAddr, n: usize, token: String) {
+    let token = Arc::new(token);
+    let mut held = Vec::with_capacity(n);
+    let mut pending = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let token = token.clone();
+            async move {
+                let mut ws = connect_client(addr, &token, key(5_000_000 + i as u32)).await;
+                let _init = frame::<PortalToClient>(&mut ws).await;
+                ws
+            }
+        })
+        .buffer_unordered(64);
+    while let Some(ws) = pending.next().await {
+        held.push(ws);
+    }
+    println!("{} clients connected", held.len());
+    std::io::stdout().flush().unwrap();
+    tokio::task::spawn_blocking(|| {
+        let mut s = String::new();
+        let _ = std::io::stdin().read_line(&mut s);
+    })
+    .await
+    .unwrap();
+}
+
+async fn run_gateway(ws: Ws) {
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(m) = rx.try_recv() {
+                batch.push(m);
+                if batch.len() >= 256 {
+                    break;
+                }
+            }
+            for m in batch {
+                if sink
+                    .feed(tungstenite::Message::Text(m.into()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(Ok(msg)) = stream.next().await {
+        let tungstenite::Message::Text(t) = msg else {
+            continue;
+        };
+        if let Ok(Decoded::Known(env)) = decode::<PortalToGateway>(t.as_bytes())
+            && let (Some(id), PortalToGateway::AuthorizeFlow(a)) = (env.id, env.message)
+        {
+            let reply = Envelope::reply(
+                id,
+                GatewayToPortal::FlowAuthorized(FlowAuthorized { flow_id: a.flow_id }),
+            );
+            let _ = tx.send(reply.encode().unwrap());
+        }
+    }
+}
+
+/// Keep `window` requests in flight; returns latencies (µs) measured while
+/// `measuring` was set.
+async fn run_client(
+    ws: Ws,
+    resource: keyhole_proto::ResourceId,
+    window: usize,
+    stop: Arc<AtomicBool>,
+    measuring: Arc<AtomicBool>,
+) -> Vec<u32> {
+    let (mut sink, mut stream) = ws.split();
+    let mut sent: HashMap<u64, Instant> = HashMap::new();
+    let mut next_id = 1u64;
+    let mut lat = Vec::new();
+    let request = |id: u64| {
+        Envelope::request(
+            RequestId(id),
+            ClientToPortal::RequestFlow(RequestFlow {
+                resource_id: resource,
+                connected_gateway_ids: vec![],
+            }),
+        )
+        .encode()
+        .unwrap()
+    };
+    for _ in 0..window {
+        sink.feed(tungstenite::Message::Text(request(next_id).into()))
+            .await
+            .unwrap();
+        sent.insert(next_id, Instant::now());
+        next_id += 1;
+    }
+    sink.flush().await.unwrap();
+    while let Some(Ok(msg)) = stream.next().await {
+        let tungstenite::Message::Text(t) = msg else {
+            continue;
+        };
+        let Ok(Decoded::Known(env)) = decode::<PortalToClient>(t.as_bytes()) else {
+            continue;
+        };
+        let Some(to) = env.reply_to else { continue };
+        let Some(at) = sent.remove(&to.0) else {
+            continue;
+        };
+        match env.message {
+            PortalToClient::FlowCreated(_) => {
+                if measuring.load(Ordering::Relaxed) {
+                    lat.push(at.elapsed().as_micros() as u32);
+                }
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+        if stop.load(Ordering::Relaxed) {
+            if sent.is_empty() {
+                break;
+            }
+            continue;
+        }
+        sink.send(tungstenite::Message::Text(request(next_id).into()))
+            .await
+            .unwrap();
+        sent.insert(next_id, Instant::now());
+        next_id += 1;
+    }
+    lat
+}
