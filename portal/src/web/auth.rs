@@ -179,6 +179,10 @@ async fn start_session(
             crate::api::now(),
         )
         .await?;
+    // Sign-ins are rare; forgetting expired sessions here needs no timer.
+    if let Err(e) = state.store.prune_web_sessions(crate::api::now()).await {
+        tracing::warn!(error = %e, "web: pruning expired sessions failed");
+    }
     let secure = is_https(headers, web);
     tracing::info!(user = %user.email, "web: signed in");
     let mut response = Redirect::to(next).into_response();
