@@ -391,3 +391,45 @@ fn candidates_flow_both_ways_only_for_known_clients() {
         }]
     );
 }
+
+#[test]
+fn new_key_or_failed_connection_gets_a_fresh_peer() {
+    let mut s = connected_session();
+    install(
+        &mut s,
+        authorize(10, 5, 1, ip_resource(1, "10.0.1.10"), 100),
+    );
+    // The client re-keyed: the new flow replaces its peer.
+    let i = install(
+        &mut s,
+        authorize(11, 5, 2, ip_resource(1, "10.0.1.10"), 100),
+    );
+    assert_eq!(i.replaces, Some(PublicKey::from_bytes([1; 32])));
+    assert_eq!(
+        i.peer.unwrap().peer.public_key,
+        PublicKey::from_bytes([2; 32])
+    );
+    // The tunnel gave up on it: the next flow makes a new connection.
+    s.connection_failed(ClientId::from_u128(5));
+    let i = install(
+        &mut s,
+        authorize(12, 5, 2, ip_resource(1, "10.0.1.10"), 100),
+    );
+    assert!(i.peer.is_some());
+    assert_eq!(s.load().connected_clients, 1);
+}
+
+#[test]
+fn retried_request_is_answered_again_without_reinstalling() {
+    let mut s = connected_session();
+    install(
+        &mut s,
+        authorize(10, 5, 1, ip_resource(1, "10.0.1.10"), 100),
+    );
+    s.handle_message(t(2), authorize(10, 5, 1, ip_resource(1, "10.0.1.10"), 100));
+    let a = drain(&mut s);
+    assert!(
+        matches!(&a[..], [Action::Send(e)] if e.reply_to == Some(RequestId(10))),
+        "{a:?}"
+    );
+}
