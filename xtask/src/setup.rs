@@ -26,6 +26,7 @@ const PACKAGES: &[&str] = &[
     "nftables",        // NAT routers in tests, gateway NAT
     "iperf3",          // throughput benchmarks
     "netcat-openbsd",  // ad-hoc TCP/UDP in tests
+    "curl",            // HTTP through tunnels in e2e tests
     "procps",          // pkill/ps in cleanup
     "wireguard-tools", // `wg`: interop and kernel-backend checks
     "wireguard-go",    // reference userspace WireGuard peer
