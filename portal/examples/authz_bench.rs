@@ -10,7 +10,10 @@
 //! `--clients` service-account clients each keep `--window` `request_flow`s
 //! in flight; `--gateways` test gateways confirm every `authorize_flow`.
 //! Latency is measured by the clients, from sending `request_flow` to
-//! receiving `flow_created`. Idle phase: a child process (this binary with
+//! receiving `flow_created`. All clients connect before any sends. Clients
+//! never give flows back, so the portal's live-flow count afterwards is every
+//! `flow_created` of the run (warm-up + measured + drain), not just the
+//! measured ones. Idle phase: a child process (this binary with
 //! `idle-clients`) opens `--idle` client connections; the portal process's
 //! RSS is read from /proc once all have received `init`.
 
@@ -175,20 +178,29 @@ async fn bench() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
+    // Connect every client before any sends: connecting while earlier
+    // clients already load the portal stretched the "2 s" warm-up to many
+    // seconds of unmeasured authorisations.
+    let mut conns = Vec::with_capacity(clients);
     for c in 0..clients {
         let mut ws = connect_client(addr, &sa_token.secret, key(c as u32)).await;
         let _init = frame::<PortalToClient>(&mut ws).await;
-        tasks.push(tokio::spawn(run_client(
-            ws,
-            resource.id,
-            window,
-            stop.clone(),
-            measuring.clone(),
-        )));
+        conns.push(ws);
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|ws| {
+            tokio::spawn(run_client(
+                ws,
+                resource.id,
+                window,
+                stop.clone(),
+                measuring.clone(),
+            ))
+        })
+        .collect();
     println!(
         "load: {clients} clients x {window} in flight, {gateways} gateways, {seconds} s (after 2 s warm-up)"
     );
@@ -200,8 +212,11 @@ async fn bench() {
     let elapsed = t0.elapsed();
     stop.store(true, Ordering::Relaxed);
     let mut lat: Vec<u32> = Vec::new();
+    let mut answered = 0u64;
     for t in tasks {
-        lat.extend(t.await.unwrap());
+        let done = t.await.unwrap();
+        lat.extend(done.latencies);
+        answered += done.answered;
     }
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
@@ -214,9 +229,16 @@ async fn bench() {
         pct(0.99),
         pct(1.0)
     );
+    // Bench clients never give flows back, so every `flow_created` of the
+    // whole run (warm-up, measured window, drain) is still live.
     println!(
-        "portal: {} live flows, RSS {:.0} MiB",
+        "portal: {} live flows ({} authorised by the portal, {answered} flow_created received by clients over warm-up + measured + drain), RSS {:.0} MiB",
         portal.hub.with_core(|c, _| c.live_flows()),
+        portal
+            .hub
+            .metrics()
+            .flows_authorized
+            .load(Ordering::Relaxed),
         rss_mib()
     );
 
@@ -328,19 +350,27 @@ async fn run_gateway(ws: Ws) {
     }
 }
 
-/// Keep `window` requests in flight; returns latencies (µs) measured while
-/// `measuring` was set.
+/// What one bench client saw.
+struct ClientRun {
+    /// Latencies (µs) of answers received while `measuring` was set.
+    latencies: Vec<u32>,
+    /// Every `flow_created` received, measured or not.
+    answered: u64,
+}
+
+/// Keep `window` requests in flight until `stop`, then wait for the rest.
 async fn run_client(
     ws: Ws,
     resource: keyhole_proto::ResourceId,
     window: usize,
     stop: Arc<AtomicBool>,
     measuring: Arc<AtomicBool>,
-) -> Vec<u32> {
+) -> ClientRun {
     let (mut sink, mut stream) = ws.split();
     let mut sent: HashMap<u64, Instant> = HashMap::new();
     let mut next_id = 1u64;
     let mut lat = Vec::new();
+    let mut answered = 0u64;
     let request = |id: u64| {
         Envelope::request(
             RequestId(id),
@@ -373,6 +403,7 @@ async fn run_client(
         };
         match env.message {
             PortalToClient::FlowCreated(_) => {
+                answered += 1;
                 if measuring.load(Ordering::Relaxed) {
                     lat.push(at.elapsed().as_micros() as u32);
                 }
@@ -391,5 +422,8 @@ async fn run_client(
         sent.insert(next_id, Instant::now());
         next_id += 1;
     }
-    lat
+    ClientRun {
+        latencies: lat,
+        answered,
+    }
 }
