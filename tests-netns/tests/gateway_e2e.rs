@@ -17,7 +17,6 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
@@ -40,26 +39,6 @@ use tokio_tungstenite::tungstenite::{
 const TOKEN: &str = "site-token-for-the-e2e-test";
 const CLIENT_ICE: &str = "cliufrag:clientpasswordclientpassword";
 const GATEWAY_ICE: &str = "gwufragg:gatewaypasswordgatewaypassword";
-
-fn gateway_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("KEYHOLE_GATEWAY_BIN") {
-        return p.into();
-    }
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
-        dirs.push(t.into());
-    }
-    dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    for d in &dirs {
-        for profile in ["release", "debug"] {
-            let p = d.join(profile).join("keyhole-gateway");
-            if p.exists() {
-                return p;
-            }
-        }
-    }
-    panic!("keyhole-gateway not found in {dirs:?}: `cargo build -p keyhole-gateway`");
-}
 
 fn now() -> DateTime<Utc> {
     SystemTime::now().into()
@@ -179,33 +158,6 @@ impl FakePortal {
     }
 }
 
-/// Packets the resource namespace received for `dst` (nft counter).
-fn received(res: &Netns, dst: &str) -> u64 {
-    let out = res
-        .run("nft", ["list", "chain", "inet", "probe", "input"])
-        .unwrap();
-    let line = out
-        .lines()
-        .find(|l| l.contains(&format!("ip daddr {dst} ")))
-        .unwrap_or_else(|| panic!("no counter for {dst}:\n{out}"));
-    let mut words = line.split_whitespace();
-    words.find(|w| *w == "packets");
-    words.next().unwrap().parse().unwrap()
-}
-
-fn ping_ok(ns: &Netns, dst: &str) -> bool {
-    ns.ping(dst.parse().unwrap(), Duration::from_secs(2))
-        .is_ok()
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn gateway_forwards_only_authorised_flows_and_revocation_cuts_them() {
     let client = Netns::new("gec").unwrap();
@@ -233,7 +185,11 @@ fn gateway_forwards_only_authorised_flows_and_revocation_cuts_them() {
         auth: String::new(),
         next_id: 0,
     };
-    let gw_bin = gateway_binary();
+    let gw_bin = built_binary(
+        "keyhole-gateway",
+        Some("KEYHOLE_GATEWAY_BIN"),
+        "`cargo build -p keyhole-gateway`",
+    );
     let mut cmd = gw.command(
         gw_bin.to_str().unwrap(),
         [

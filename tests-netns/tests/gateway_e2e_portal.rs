@@ -16,7 +16,6 @@
 mod common;
 
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -26,23 +25,6 @@ use keyhole_tests_netns::{Netns, Proc, veth};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{self, Message, WebSocket, client::IntoClientRequest as _};
-
-fn binary(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
-        dirs.push(t.into());
-    }
-    dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    for d in &dirs {
-        for profile in ["release", "debug"] {
-            let p = d.join(profile).join(name);
-            if p.exists() {
-                return p;
-            }
-        }
-    }
-    panic!("{name} not found in {dirs:?}: `cargo build -p {name}`");
-}
 
 /// `curl` against the portal's REST API from inside `ns`.
 fn api(ns: &Netns, admin: &str, method: &str, path: &str, body: &str) -> Value {
@@ -72,32 +54,6 @@ fn id(v: &Value) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("no id in {v}"))
         .to_owned()
-}
-
-fn received(res: &Netns, dst: &str) -> u64 {
-    let out = res
-        .run("nft", ["list", "chain", "inet", "probe", "input"])
-        .unwrap();
-    let line = out
-        .lines()
-        .find(|l| l.contains(&format!("ip daddr {dst} ")))
-        .unwrap_or_else(|| panic!("no counter for {dst}:\n{out}"));
-    let mut words = line.split_whitespace();
-    words.find(|w| *w == "packets");
-    words.next().unwrap().parse().unwrap()
-}
-
-fn ping_ok(ns: &Netns, dst: &str) -> bool {
-    ns.ping(dst.parse().unwrap(), Duration::from_secs(2))
-        .is_ok()
-}
-
-fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 struct ClientWs(WebSocket<TcpStream>);
@@ -159,7 +115,7 @@ fn real_portal_gateway_and_client_forward_only_what_policy_allows() {
     // The portal, in the gateway's namespace, on a fresh SQLite store.
     let data = std::env::temp_dir().join(format!("keyhole-gpe-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let portal_bin = binary("keyhole-portal");
+    let portal_bin = built_binary("keyhole-portal", None, "`cargo build -p keyhole-portal`");
     let portal: Proc = gw
         .spawn(
             portal_bin.to_str().unwrap(),
@@ -253,7 +209,9 @@ fn real_portal_gateway_and_client_forward_only_what_policy_allows() {
 
     // The gateway.
     let mut cmd = gw.command(
-        binary("keyhole-gateway").to_str().unwrap(),
+        built_binary("keyhole-gateway", None, "`cargo build -p keyhole-gateway`")
+            .to_str()
+            .unwrap(),
         [
             "--portal-url",
             "http://127.0.0.1:18080",

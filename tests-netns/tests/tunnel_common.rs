@@ -1,5 +1,5 @@
-//! Shared by the tunnel_* tests (included with `#[path]`): finding the
-//! `keyhole-tunnel-peer` example binary, keys, and starting peers.
+//! Shared by the tunnel_* and gateway_e2e* tests (included with `#[path]`):
+//! finding built binaries, keys, starting peers, probe counters and waits.
 
 #![allow(dead_code)]
 
@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use keyhole_tests_netns::{Netns, Proc};
 
-/// The peer binary: `KEYHOLE_TUNNEL_PEER`, else the release or debug build
-/// under `CARGO_TARGET_DIR` or the workspace `target/`. Build it first with
-/// `cargo build --release -p keyhole-tunnel --features io --example keyhole-tunnel-peer`.
-pub fn peer_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("KEYHOLE_TUNNEL_PEER") {
+/// A binary the workspace built: `env_override` if set, else the release
+/// or debug build of `rel` (e.g. `keyhole-gateway`,
+/// `examples/keyhole-tunnel-peer`) under `CARGO_TARGET_DIR` or the
+/// workspace `target/`; panics with `build_hint` when it is missing.
+pub fn built_binary(rel: &str, env_override: Option<&str>, build_hint: &str) -> PathBuf {
+    if let Some(p) = env_override.and_then(|v| std::env::var(v).ok()) {
         return p.into();
     }
     let mut dirs: Vec<PathBuf> = Vec::new();
@@ -22,16 +23,51 @@ pub fn peer_binary() -> PathBuf {
     dirs.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     for d in &dirs {
         for profile in ["release", "debug"] {
-            let p = d.join(profile).join("examples/keyhole-tunnel-peer");
+            let p = d.join(profile).join(rel);
             if p.exists() {
                 return p;
             }
         }
     }
-    panic!(
-        "keyhole-tunnel-peer not found in {dirs:?}: build it with `cargo build --release \
-         -p keyhole-tunnel --features io --example keyhole-tunnel-peer` or set KEYHOLE_TUNNEL_PEER"
-    );
+    panic!("{rel} not found in {dirs:?}: {build_hint}");
+}
+
+/// The peer binary: `KEYHOLE_TUNNEL_PEER`, else the release or debug build.
+pub fn peer_binary() -> PathBuf {
+    built_binary(
+        "examples/keyhole-tunnel-peer",
+        Some("KEYHOLE_TUNNEL_PEER"),
+        "build it with `cargo build --release -p keyhole-tunnel --features io \
+         --example keyhole-tunnel-peer` or set KEYHOLE_TUNNEL_PEER",
+    )
+}
+
+/// Packets the resource namespace received for `dst`, read from the nft
+/// counter rule the test installed in `inet probe input`.
+pub fn received(res: &Netns, dst: &str) -> u64 {
+    let out = res
+        .run("nft", ["list", "chain", "inet", "probe", "input"])
+        .unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.contains(&format!("ip daddr {dst} ")))
+        .unwrap_or_else(|| panic!("no counter for {dst}:\n{out}"));
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "packets");
+    words.next().unwrap().parse().unwrap()
+}
+
+pub fn ping_ok(ns: &Netns, dst: &str) -> bool {
+    ns.ping(dst.parse().unwrap(), Duration::from_secs(2))
+        .is_ok()
+}
+
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A WireGuard key pair from `wg genkey | wg pubkey`.
