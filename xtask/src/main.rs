@@ -35,7 +35,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.command {
-        Command::Setup => setup::run().map(|_| ()),
+        Command::Setup => setup::run(),
         Command::Test(a) => test::run_cmd(a),
         Command::Demo(a) => demo::run_cmd(a),
         Command::Fuzz(a) => fuzz::run_cmd(a),

@@ -42,18 +42,12 @@ const PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// What set-up established, for other commands.
-pub struct Setup {
-    #[allow(dead_code)]
-    pub bpf_linker: PathBuf,
-}
-
-pub fn run() -> anyhow::Result<Setup> {
+pub fn run() -> anyhow::Result<()> {
     packages()?;
     toolchain_components()?;
-    let bpf_linker = bpf_linker()?;
+    bpf_linker()?;
     cargo_fuzz()?;
-    Ok(Setup { bpf_linker })
+    Ok(())
 }
 
 fn is_root() -> bool {

@@ -22,7 +22,7 @@ pub struct TestArgs {
 pub fn run_cmd(args: TestArgs) -> anyhow::Result<()> {
     let mut phases = Phases::default();
     let result = (|| {
-        phases.time("setup", || crate::setup::run().map(|_| ()))?;
+        phases.time("setup", crate::setup::run)?;
         if !args.no_lint {
             phases.time("fmt", || run(cargo().args(["fmt", "--all", "--check"])))?;
         }
