@@ -1,19 +1,37 @@
 #!/usr/bin/env bash
-# Benchmark sketch (not a timed test): iperf3 TCP, 1 and 4 streams, across
-# one veth pair between two namespaces: bare veth, a Keyhole tunnel
-# (keyhole-tunnel-peer, static paths), wireguard-go, and boringtun-cli if
-# installed. Repeats each run and prints medians in Gbit/s.
+# Tunnel throughput benchmark (not a timed test). Two network namespaces
+# joined by one veth pair; over it, side by side in the same run:
 #
-#   cargo build --release -p keyhole-tunnel --features io --example keyhole-tunnel-peer
-#   sudo libs/keyhole-tunnel/bench/netns-iperf.sh [PEER_BIN] [SECONDS] [REPEATS]
+#   bare-veth           no tunnel
+#   keyhole             keyhole-tunnel-peer, TUN offloads on (GSO/GRO)
+#   keyhole-nooffload   keyhole-tunnel-peer --no-offload
+#   wireguard-go        wireguard-go + wg
+#   boringtun-cli       boringtun-cli + wg (cargo-installed when missing)
+#
+# iperf3 TCP with 1 and 4 streams. Each repeat runs every variant once in
+# turn, so a load change on the machine hits all of them alike. Prints the
+# median Gbit/s per variant, the fraction of bare veth, and Keyhole's ratio
+# to wireguard-go and boringtun-cli; writes every run to $OUT (TSV).
+#
+#   sudo libs/keyhole-tunnel/bench/netns-iperf.sh [SECONDS] [REPEATS]
+#
+# Environment: PEER (keyhole-tunnel-peer binary; built with cargo when
+# unset), OUT (default /tmp/keyhole-tunnel-bench.tsv), VARIANTS (space-
+# separated subset), BORINGTUN_CLI (binary; else PATH, else the cache
+# ~/.cache/keyhole/boringtun-cli), PERF=1 (perf record the keyhole peers
+# during the first 4-stream run; reports in $OUT.perf-{a,b}.txt).
 set -euo pipefail
 
-PEER=${1:-${CARGO_TARGET_DIR:-target}/release/examples/keyhole-tunnel-peer}
-SECS=${2:-5}
-REPEATS=${3:-3}
+SECS=${1:-5}
+REPEATS=${2:-3}
+OUT=${OUT:-/tmp/keyhole-tunnel-bench.tsv}
+VARIANTS=${VARIANTS:-"bare-veth keyhole keyhole-nooffload wireguard-go boringtun-cli"}
+ROOT=$(cd "$(dirname "$0")/../../.." && pwd)
 A=khb-a-$$
 B=khb-b-$$
 PIDS=()
+
+log() { echo "# $*" >&2; }
 
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -23,7 +41,34 @@ cleanup() {
 }
 trap cleanup EXIT
 
+has() { [[ " $VARIANTS " == *" $1 "* ]]; }
+
+# ---- binaries -------------------------------------------------------------
+
+if [ -z "${PEER:-}" ]; then
+  log "building keyhole-tunnel-peer (release)"
+  (cd "$ROOT" && cargo build --quiet --release -p keyhole-tunnel --features io \
+    --example keyhole-tunnel-peer)
+  PEER=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/keyhole-tunnel-peer
+fi
 [ -x "$PEER" ] || { echo "no peer binary at $PEER" >&2; exit 1; }
+
+if has boringtun-cli; then
+  BT_CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/keyhole/boringtun-cli
+  BORINGTUN_CLI=${BORINGTUN_CLI:-$(command -v boringtun-cli || echo "$BT_CACHE/bin/boringtun-cli")}
+  if [ ! -x "$BORINGTUN_CLI" ]; then
+    log "installing boringtun-cli into $BT_CACHE"
+    CARGO_TARGET_DIR=$BT_CACHE/build cargo install boringtun-cli --locked --root "$BT_CACHE" >&2
+    rm -rf "$BT_CACHE/build"
+    BORINGTUN_CLI=$BT_CACHE/bin/boringtun-cli
+  fi
+fi
+if has wireguard-go && ! command -v wireguard-go >/dev/null; then
+  log "wireguard-go not installed: skipped"; VARIANTS=${VARIANTS/wireguard-go/}
+fi
+
+# ---- topology -------------------------------------------------------------
+
 ip netns add "$A"; ip netns add "$B"
 ip link add veth-a netns "$A" type veth peer veth-b netns "$B"
 ip -n "$A" addr add 10.30.0.1/24 dev veth-a; ip -n "$B" addr add 10.30.0.2/24 dev veth-b
@@ -33,63 +78,115 @@ ip -n "$A" link set veth-a up; ip -n "$B" link set veth-b up
 KA=$(wg genkey); PA=$(echo "$KA" | wg pubkey)
 KB=$(wg genkey); PB=$(echo "$KB" | wg pubkey)
 
-ip netns exec "$B" iperf3 -s -D --logfile /dev/null
-sleep 0.3
+declare -A TARGET
+TARGET[bare-veth]=10.30.0.2
 
-# iperf3 from A to $1 with $2 streams; prints Gbit/s.
-run() {
-  ip netns exec "$A" iperf3 -c "$1" -P "$2" -t "$SECS" -J 2>/dev/null |
-    python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
+keyhole_side() { # ns tun listen addr route peer extra...
+  local ns=$1 tun=$2 listen=$3 addr=$4 route=$5 peer=$6 role=$7; shift 7
+  ip netns exec "$ns" "$PEER" --private-key "$([ "$ns" = "$A" ] && echo "$KA" || echo "$KB")" \
+    --peer-public-key "$([ "$ns" = "$A" ] && echo "$PB" || echo "$PA")" --listen "$listen" \
+    --tun "$tun" --tun-addr "$addr" --route "$route" --role "$role" --static-peer "$peer" "$@" \
+    >"$OUT.$tun-$role.log" 2>&1 &
+  PIDS+=($!)
+  eval "PID_${tun}_${role}=$!"
 }
-
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-
-measure() { # label target
-  for streams in 1 4; do
-    vals=$(for _ in $(seq "$REPEATS"); do run "$2" "$streams"; done)
-    printf '%-14s P=%d  median %6s Gbit/s  (runs: %s)\n' "$1" "$streams" \
-      "$(echo "$vals" | median)" "$(echo $vals)"
-  done
-}
-
-measure bare-veth 10.30.0.2
-
-# Keyhole: two keyhole-tunnel-peer processes, static paths.
-ip netns exec "$B" "$PEER" --private-key "$KB" --peer-public-key "$PA" --listen 10.30.0.2:51820 \
-  --tun kh0 --tun-addr 100.64.0.2/24 --route 100.64.0.1/32 --role responder \
-  --static-peer 10.30.0.1:51820 >/dev/null 2>&1 & PIDS+=($!)
-ip netns exec "$A" "$PEER" --private-key "$KA" --peer-public-key "$PB" --listen 10.30.0.1:51820 \
-  --tun kh0 --tun-addr 100.64.0.1/24 --route 100.64.0.2/32 --role initiator \
-  --static-peer 10.30.0.2:51820 >/dev/null 2>&1 & PIDS+=($!)
-sleep 1
-measure keyhole 100.64.0.2
-
-# wireguard-go on both sides. Interface names differ per side: the UAPI
-# socket (/var/run/wireguard/IFACE.sock) is not per namespace.
-wg_side() { # ns iface key peerpub addr endpoint
-  ip netns exec "$1" wireguard-go -f "$2" >/dev/null 2>&1 & PIDS+=($!)
-  for _ in $(seq 100); do ip -n "$1" link show "$2" >/dev/null 2>&1 && break; sleep 0.05; done
-  ip netns exec "$1" wg set "$2" private-key <(echo "$3") listen-port 51821 \
-    peer "$4" allowed-ips 100.65.0.0/24 endpoint "$6"
-  ip -n "$1" addr add "$5" dev "$2"; ip -n "$1" link set "$2" up
-}
-wg_side "$A" "wgb$$a" "$KA" "$PB" 100.65.0.1/24 10.30.0.2:51821
-wg_side "$B" "wgb$$b" "$KB" "$PA" 100.65.0.2/24 10.30.0.1:51821
-sleep 0.5
-measure wireguard-go 100.65.0.2
-
-if command -v boringtun-cli >/dev/null; then
-  bt_side() { # ns iface key peerpub addr endpoint
-    ip netns exec "$1" boringtun-cli -f --disable-drop-privileges -t 2 "$2" >/dev/null 2>&1 & PIDS+=($!)
-    for _ in $(seq 100); do ip -n "$1" link show "$2" >/dev/null 2>&1 && break; sleep 0.05; done
-    ip netns exec "$1" wg set "$2" private-key <(echo "$3") listen-port 51822 \
-      peer "$4" allowed-ips 100.66.0.0/24 endpoint "$6"
-    ip -n "$1" addr add "$5" dev "$2"; ip -n "$1" link set "$2" up
-  }
-  bt_side "$A" "btb$$a" "$KA" "$PB" 100.66.0.1/24 10.30.0.2:51822
-  bt_side "$B" "btb$$b" "$KB" "$PA" 100.66.0.2/24 10.30.0.1:51822
-  sleep 0.5
-  measure boringtun-cli 100.66.0.2
-else
-  echo "boringtun-cli not installed (cargo install boringtun-cli): skipped"
+if has keyhole; then
+  keyhole_side "$B" kh0 10.30.0.2:51820 100.64.0.2/24 100.64.0.1/32 10.30.0.1:51820 responder
+  keyhole_side "$A" kh0 10.30.0.1:51820 100.64.0.1/24 100.64.0.2/32 10.30.0.2:51820 initiator
+  TARGET[keyhole]=100.64.0.2
 fi
+if has keyhole-nooffload; then
+  keyhole_side "$B" kh1 10.30.0.2:51823 100.67.0.2/24 100.67.0.1/32 10.30.0.1:51823 responder --no-offload
+  keyhole_side "$A" kh1 10.30.0.1:51823 100.67.0.1/24 100.67.0.2/32 10.30.0.2:51823 initiator --no-offload
+  TARGET[keyhole-nooffload]=100.67.0.2
+fi
+
+# wireguard-go / boringtun-cli: a userspace daemon per side, configured
+# with wg. Interface names differ per side: the UAPI socket
+# (/var/run/wireguard/IFACE.sock) is not per namespace.
+uapi_side() { # ns iface port addr endpoint key peerpub cmd...
+  local ns=$1 ifc=$2 port=$3 addr=$4 ep=$5 key=$6 pub=$7 net=$8; shift 8
+  ip netns exec "$ns" "$@" "$ifc" >/dev/null 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do ip -n "$ns" link show "$ifc" >/dev/null 2>&1 && break; sleep 0.05; done
+  ip netns exec "$ns" wg set "$ifc" private-key <(echo "$key") listen-port "$port" \
+    peer "$pub" allowed-ips "$net" endpoint "$ep"
+  ip -n "$ns" addr add "$addr" dev "$ifc"; ip -n "$ns" link set "$ifc" up
+}
+if has wireguard-go; then
+  uapi_side "$A" "wgb$$a" 51821 100.65.0.1/24 10.30.0.2:51821 "$KA" "$PB" 100.65.0.0/24 wireguard-go -f
+  uapi_side "$B" "wgb$$b" 51821 100.65.0.2/24 10.30.0.1:51821 "$KB" "$PA" 100.65.0.0/24 wireguard-go -f
+  TARGET[wireguard-go]=100.65.0.2
+fi
+if has boringtun-cli; then
+  BT=("$BORINGTUN_CLI" -f --disable-drop-privileges -t 2)
+  uapi_side "$A" "btb$$a" 51822 100.66.0.1/24 10.30.0.2:51822 "$KA" "$PB" 100.66.0.0/24 "${BT[@]}"
+  uapi_side "$B" "btb$$b" 51822 100.66.0.2/24 10.30.0.1:51822 "$KB" "$PA" 100.66.0.0/24 "${BT[@]}"
+  TARGET[boringtun-cli]=100.66.0.2
+fi
+
+ip netns exec "$B" iperf3 -s -D --logfile /dev/null
+sleep 1
+for v in $VARIANTS; do
+  [ -n "${TARGET[$v]:-}" ] || continue
+  ip netns exec "$A" ping -c 1 -W 5 "${TARGET[$v]}" >/dev/null ||
+    { echo "$v: no path to ${TARGET[$v]}" >&2; exit 1; }
+done
+
+# ---- runs -----------------------------------------------------------------
+
+run() { # target streams -> Gbit/s
+  ip netns exec "$A" iperf3 -c "$1" -P "$2" -t "$SECS" -J 2>/dev/null |
+    python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))' ||
+    echo nan
+}
+
+perf_keyhole() {
+  [ "${PERF:-0}" = 1 ] && has keyhole && command -v perf >/dev/null || return 0
+  local secs=$((SECS > 2 ? SECS - 2 : 1))
+  perf record -q -F 999 -g -p "$PID_kh0_initiator" -o "$OUT.perf-a.data" -- sleep "$secs" 2>/dev/null &
+  perf record -q -F 999 -g -p "$PID_kh0_responder" -o "$OUT.perf-b.data" -- sleep "$secs" 2>/dev/null &
+}
+
+printf 'variant\tstreams\trepeat\tgbps\n' >"$OUT"
+for r in $(seq "$REPEATS"); do
+  for streams in 1 4; do
+    for v in $VARIANTS; do
+      [ -n "${TARGET[$v]:-}" ] || continue
+      if [ "$r" = 1 ] && [ "$streams" = 4 ] && [ "$v" = keyhole ]; then perf_keyhole; fi
+      g=$(run "${TARGET[$v]}" "$streams")
+      printf '%s\t%s\t%s\t%s\n' "$v" "$streams" "$r" "$g" >>"$OUT"
+      log "$v P=$streams run $r: $g Gbit/s"
+    done
+  done
+done
+wait_perf() { for s in a b; do
+  [ -f "$OUT.perf-$s.data" ] && perf report -i "$OUT.perf-$s.data" --no-children --sort symbol \
+    --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -25 >"$OUT.perf-$s.txt"; done; true; }
+[ "${PERF:-0}" = 1 ] && wait_perf
+
+# ---- summary --------------------------------------------------------------
+
+python3 - "$OUT" <<'EOF'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+runs = {}
+for r in rows:
+    runs.setdefault((r["variant"], int(r["streams"])), []).append(float(r["gbps"]))
+med = {k: statistics.median(v) for k, v in runs.items()}
+variants = list(dict.fromkeys(r["variant"] for r in rows))
+print(f"{'variant':<18} {'P':>2} {'median Gbit/s':>14} {'of veth':>8}  runs")
+for s in (1, 4):
+    for v in variants:
+        if (v, s) not in med:
+            continue
+        veth = med.get(("bare-veth", s))
+        frac = f"{med[v, s] / veth:7.1%}" if veth else "      -"
+        print(f"{v:<18} {s:>2} {med[v, s]:>14.3f} {frac:>8}  {' '.join(f'{x:.2f}' for x in runs[v, s])}")
+for s in (1, 4):
+    k = med.get(("keyhole", s))
+    for other, goal in (("boringtun-cli", 2), ("wireguard-go", 3)):
+        o = med.get((other, s))
+        if k and o:
+            print(f"keyhole / {other:<13} P={s}: {k / o:5.2f}x  (goal {goal}x)")
+EOF

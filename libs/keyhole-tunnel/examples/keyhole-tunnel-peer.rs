@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use ipnet::IpNet;
 use keyhole_proto::{IceCandidate, IceCredentials, PresharedKey, PublicKey};
-use keyhole_tunnel::io::{ShellConfig, spawn};
+use keyhole_tunnel::io::{ShellConfig, TunOptions, create_tun, spawn};
 use keyhole_tunnel::turn::TurnConfig;
 use keyhole_tunnel::{ConnectionConfig, Node, NodeConfig, Path, PathKind, Role};
 use rand::RngCore;
@@ -69,6 +69,9 @@ struct Args {
     relays: Vec<String>,
     #[arg(long)]
     keepalive: Option<u16>,
+    /// TUN without the virtio-net header offloads (one packet per read).
+    #[arg(long)]
+    no_offload: bool,
 }
 
 fn creds(s: &str) -> Result<IceCredentials> {
@@ -181,11 +184,9 @@ fn main() -> Result<()> {
         node.add_route(now, *r, &1)?;
     }
 
-    let tun = tun_rs::DeviceBuilder::new()
-        .name(&args.tun)
-        .mtu(args.mtu)
-        .build_sync()
-        .context("creating TUN")?;
+    let mut options = TunOptions::new(&args.tun, args.mtu);
+    options.offload = !args.no_offload;
+    let tun = create_tun(&options).context("creating TUN")?.swap_remove(0);
     ip(&["addr", "add", &args.tun_addr.to_string(), "dev", &args.tun])?;
     ip(&["link", "set", &args.tun, "up"])?;
     for r in &args.routes {

@@ -15,6 +15,8 @@
 //! the clock. Idle waits are one `poll(2)` on UDP, TUN and a waker socket,
 //! bounded by the node's next timeout.
 
+mod device;
+mod tun;
 mod udp;
 
 use std::io;
@@ -27,10 +29,15 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use device::{TunOptions, create_tun};
 pub use tun_rs::SyncDevice;
 
 use crate::connection::ConnectionId;
 use crate::{Event, Input, Node, Output};
+
+/// boringtun wants room for a handshake message even for tiny datagrams.
+const WG_MIN_BUFFER: usize = 148;
+use tun::Tun;
 use udp::Udp;
 
 /// A change to the node, run on the shell's thread between batches.
@@ -40,8 +47,12 @@ pub type Command<K> = Box<dyn FnOnce(&mut Node<K>, Instant) + Send>;
 pub struct ShellConfig {
     /// Datagrams per recvmmsg (at most quinn-udp's batch size).
     pub udp_batch: usize,
-    /// TUN packets read per round before UDP gets its turn again.
+    /// TUN packets read per round before UDP gets its turn again (a GSO
+    /// super-packet counts as its segments; at least one read happens).
     pub tun_batch: usize,
+    /// Decrypted packets gathered for one batched TUN write (GRO-coalesced
+    /// per flow when the device has the offloads).
+    pub tun_write_batch: usize,
     /// Iterations of continuous work before commands run and the clock is
     /// re-read.
     pub yield_every: usize,
@@ -55,7 +66,8 @@ impl Default for ShellConfig {
     fn default() -> Self {
         Self {
             udp_batch: 32,
-            tun_batch: 64,
+            tun_batch: 128,
+            tun_write_batch: 128,
             yield_every: 4096,
             event_queue: 1024,
             command_queue: 256,
@@ -72,7 +84,11 @@ pub struct ShellStats {
     pub tun_in: u64,
     pub tun_out: u64,
     pub tun_write_errors: u64,
+    /// Super-packets tun-rs could not split (dropped).
+    pub tun_read_errors: u64,
     pub yields: u64,
+    /// Whether the TUN device ran with the virtio-net header offloads.
+    pub tun_offload: bool,
 }
 
 /// The owner's side of a running shell.
@@ -127,20 +143,23 @@ pub fn spawn<K: ConnectionId + Send + 'static>(
     wake_rx.set_nonblocking(true)?;
     let stop = Arc::new(AtomicBool::new(false));
     let udp = Udp::new(udp, config.udp_batch)?;
-    tun.set_nonblocking(true)?;
+    let tun = Tun::new(tun, config.tun_write_batch)?;
     let mut shell = Shell {
         node,
         udp,
-        tun,
         config,
         commands: command_rx,
         events: event_tx,
         held_event: None,
         wake_rx,
         stop: stop.clone(),
-        stats: ShellStats::default(),
+        stats: ShellStats {
+            tun_offload: tun.offload(),
+            ..ShellStats::default()
+        },
+        tun,
         buf: vec![0; 65_536 + 256],
-        tun_buf: vec![0; 65_536],
+        replies: Vec::new(),
     };
     let thread = std::thread::Builder::new()
         .name("keyhole-tunnel".into())
@@ -157,7 +176,7 @@ pub fn spawn<K: ConnectionId + Send + 'static>(
 struct Shell<K> {
     node: Node<K>,
     udp: Udp,
-    tun: SyncDevice,
+    tun: Tun,
     config: ShellConfig,
     commands: Receiver<Command<K>>,
     events: SyncSender<Event<K>>,
@@ -166,7 +185,9 @@ struct Shell<K> {
     stop: Arc<AtomicBool>,
     stats: ShellStats,
     buf: Vec<u8>,
-    tun_buf: Vec<u8>,
+    /// Replies to datagrams of one UDP batch (handshake responses,
+    /// cookies), sent after it.
+    replies: Vec<(std::net::SocketAddr, Vec<u8>)>,
 }
 
 impl<K: ConnectionId> Shell<K> {
@@ -202,8 +223,12 @@ impl<K: ConnectionId> Shell<K> {
                 now = Instant::now();
             }
         }
+        self.tun.flush();
         self.stats.udp_out = self.udp.sent;
         self.stats.udp_send_errors = self.udp.send_errors;
+        self.stats.tun_out = self.tun.written;
+        self.stats.tun_write_errors = self.tun.write_errors;
+        self.stats.tun_read_errors = self.tun.read_errors;
         Ok(self.stats.clone())
     }
 
@@ -243,11 +268,10 @@ impl<K: ConnectionId> Shell<K> {
             node,
             udp,
             tun,
-            buf,
             stats,
+            replies,
             ..
         } = self;
-        let mut replies: Vec<(std::net::SocketAddr, Vec<u8>)> = Vec::new();
         let n = udp.recv_batch(|local, from, datagram| {
             stats.udp_in += 1;
             let input = Input::Network {
@@ -255,43 +279,53 @@ impl<K: ConnectionId> Shell<K> {
                 from,
                 datagram,
             };
-            match node.handle_input(now, input, buf) {
-                Some(Output::Tun { packet, .. }) => match tun.send(packet) {
-                    Ok(_) => stats.tun_out += 1,
-                    Err(e) => {
-                        stats.tun_write_errors += 1;
-                        tracing::debug!(%e, "TUN write failed");
-                    }
-                },
-                Some(Output::Transmit(t)) => replies.push((t.destination, t.payload.to_vec())),
-                None => {}
+            // Decrypt straight into the next slot of the TUN write batch.
+            let slot = tun.slot(datagram.len().max(WG_MIN_BUFFER));
+            let base = slot.as_ptr() as usize;
+            let kept = match node.handle_input(now, input, slot) {
+                Some(Output::Tun { packet, .. }) => {
+                    Some((packet.as_ptr() as usize - base, packet.len()))
+                }
+                Some(Output::Transmit(t)) => {
+                    replies.push((t.destination, t.payload.to_vec()));
+                    None
+                }
+                None => None,
+            };
+            if let Some((offset, len)) = kept {
+                tun.commit(offset, len);
             }
         })?;
-        for (dest, payload) in replies {
+        self.tun.flush();
+        for (dest, payload) in self.replies.drain(..) {
             self.udp.send(dest, &payload);
         }
         Ok(n)
     }
 
     fn read_tun(&mut self, now: Instant) -> io::Result<usize> {
+        let Self {
+            node,
+            udp,
+            tun,
+            buf,
+            stats,
+            config,
+            ..
+        } = self;
         let mut n = 0;
-        while n < self.config.tun_batch {
-            let len = match self.tun.recv(&mut self.tun_buf) {
-                Ok(len) => len,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            };
-            n += 1;
-            self.stats.tun_in += 1;
-            let packet = &self.tun_buf[..len];
-            match self
-                .node
-                .handle_input(now, Input::Tun(packet), &mut self.buf)
-            {
-                Some(Output::Transmit(t)) => self.udp.send(t.destination, t.payload),
-                Some(Output::Tun { .. }) | None => {}
+        while n < config.tun_batch {
+            let got = tun.recv(|packet| {
+                if let Some(Output::Transmit(t)) = node.handle_input(now, Input::Tun(packet), buf) {
+                    udp.send(t.destination, t.payload);
+                }
+            })?;
+            if got == 0 {
+                break;
             }
+            n += got;
         }
+        stats.tun_in += n as u64;
         Ok(n)
     }
 
@@ -310,7 +344,7 @@ impl<K: ConnectionId> Shell<K> {
         }
         let mut fds = [
             pollfd(self.udp.fd()),
-            pollfd(self.tun.as_raw_fd()),
+            pollfd(self.tun.dev.as_raw_fd()),
             pollfd(self.wake_rx.as_raw_fd()),
         ];
         // Round up so a timer due in 0.3 ms does not spin.
