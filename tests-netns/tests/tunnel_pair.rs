@@ -1,6 +1,6 @@
 //! Two real keyhole-tunnel-peer processes over a veth pair, each with its
 //! own TUN: ICE over host candidates, WireGuard, then ping and TCP through
-//! the tunnel.
+//! the tunnel; and one over TURN/TCP (coturn) when UDP is blocked.
 
 #[path = "tunnel_common.rs"]
 mod common;
@@ -134,4 +134,98 @@ fn two_processes_over_ice_exchange_ping_and_tcp() {
 #[test]
 fn two_processes_with_static_paths_exchange_ping_and_tcp() {
     pair(false);
+}
+
+/// A network that blocks UDP: A's namespace drops every UDP datagram it
+/// sends, so its only way out is TURN over TCP to coturn (`turnserver`,
+/// long-term credentials) in B's namespace. ICE nominates A's relayed
+/// candidate; ping and TCP cross the tunnel both ways.
+#[test]
+fn turn_over_tcp_carries_the_tunnel_when_udp_is_blocked() {
+    let a = Netns::new("tta").unwrap();
+    let b = Netns::new("ttb").unwrap();
+    veth(&a, "eth0", "10.11.0.1/24", &b, "eth0", "10.11.0.2/24").unwrap();
+    // The relay has its own address next to peer B.
+    b.add_addr("eth0", "10.11.0.3/24").unwrap();
+    a.run_with_stdin(
+        "nft",
+        ["-f", "-"],
+        b"table inet noudp {\n chain out {\n  type filter hook output priority 0; policy accept;\n  meta l4proto udp drop\n }\n}\n",
+    )
+    .unwrap();
+    let turn = b
+        .spawn(
+            "turnserver",
+            [
+                "-n",
+                "--listening-ip",
+                "10.11.0.3",
+                "--listening-port",
+                "3478",
+                "--relay-ip",
+                "10.11.0.3",
+                "--lt-cred-mech",
+                "--user",
+                "alice:secret",
+                "--realm",
+                "keyhole",
+                "--no-cli",
+                "--no-tls",
+                "--no-dtls",
+                "--log-file",
+                "stdout",
+            ],
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(10), "coturn listening", || {
+        b.enter(|| std::net::TcpStream::connect("10.11.0.3:3478").is_ok())
+    });
+    let (ka, pa) = keypair(&a);
+    let (kb, pb) = keypair(&b);
+    let pb_proc = spawn_peer(
+        &b,
+        &args(
+            &kb,
+            &pa,
+            "10.11.0.2:51820",
+            "100.64.0.2/24",
+            "100.64.0.1/32",
+            "responder",
+            &["--ice-local", UFRAG_B, "--ice-remote", UFRAG_A],
+        ),
+    );
+    let pa_proc = spawn_peer(
+        &a,
+        &args(
+            &ka,
+            &pb,
+            "10.11.0.1:51820",
+            "100.64.0.1/24",
+            "100.64.0.2/32",
+            "initiator",
+            &[
+                "--ice-local",
+                UFRAG_A,
+                "--ice-remote",
+                UFRAG_B,
+                "--remote-candidate",
+                "candidate:1 1 udp 2130706431 10.11.0.2 51820 typ host",
+                "--relay-tcp",
+                "10.11.0.3:3478,alice,secret",
+            ],
+        ),
+    );
+    wait_up(&pa_proc, Duration::from_secs(20));
+    wait_up(&pb_proc, Duration::from_secs(20));
+    let out = pa_proc.stdout_so_far();
+    let up = out.lines().find(|l| l.contains("ConnectionUp")).unwrap();
+    assert!(up.contains("kind: Relayed"), "{out}");
+    assert!(out.contains("typ relay"), "{out}");
+    a.ping("100.64.0.2".parse().unwrap(), Duration::from_secs(5))
+        .unwrap();
+    b.ping("100.64.0.1".parse().unwrap(), Duration::from_secs(5))
+        .unwrap();
+    tcp_transfer(&b, &a, "100.64.0.2:7000".parse().unwrap(), 4 << 20);
+    tcp_transfer(&a, &b, "100.64.0.1:7001".parse().unwrap(), 4 << 20);
+    drop(turn);
 }

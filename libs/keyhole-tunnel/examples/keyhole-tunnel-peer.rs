@@ -67,6 +67,10 @@ struct Args {
     /// A TURN relay: `server:port,username,password`.
     #[arg(long = "relay")]
     relays: Vec<String>,
+    /// A TURN relay reached over TCP (for networks that block UDP):
+    /// `server:port,username,password`.
+    #[arg(long = "relay-tcp")]
+    tcp_relays: Vec<String>,
     #[arg(long)]
     keepalive: Option<u16>,
     /// TUN without the virtio-net header offloads (one packet per read).
@@ -101,6 +105,16 @@ fn args() -> Result<Args> {
     Ok(Args::parse_from(argv))
 }
 
+/// `server:port,username,password`.
+fn relay(spec: &str) -> Result<TurnConfig> {
+    let mut parts = spec.splitn(3, ',');
+    let (Some(server), Some(user), Some(pass)) = (parts.next(), parts.next(), parts.next()) else {
+        bail!("a relay is server:port,username,password");
+    };
+    let server: SocketAddr = server.parse().context("relay address")?;
+    Ok(TurnConfig::new(server, user.into(), pass.into()))
+}
+
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
         .args(args)
@@ -132,17 +146,7 @@ fn main() -> Result<()> {
     let now = Instant::now();
     node.add_host_candidate(args.listen)?;
     for r in &args.relays {
-        let mut parts = r.splitn(3, ',');
-        let (Some(server), Some(user), Some(pass)) = (parts.next(), parts.next(), parts.next())
-        else {
-            bail!("--relay wants server:port,username,password");
-        };
-        let server: SocketAddr = server.parse().context("relay address")?;
-        node.add_relay(
-            now,
-            args.listen,
-            TurnConfig::new(server, user.into(), pass.into()),
-        )?;
+        node.add_relay(now, args.listen, relay(r)?)?;
     }
     let (local_credentials, remote_credentials) = match (&args.ice_local, &args.ice_remote) {
         (Some(l), Some(r)) => (creds(l)?, creds(r)?),
@@ -196,6 +200,9 @@ fn main() -> Result<()> {
     }
     let udp = UdpSocket::bind(args.listen).context("binding UDP")?;
     let handle = spawn(node, udp, tun, ShellConfig::default())?;
+    for r in &args.tcp_relays {
+        handle.add_tcp_relay(relay(r)?)?;
+    }
     println!("READY {}", args.listen);
 
     // Events until the process is killed.

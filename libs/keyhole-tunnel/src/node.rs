@@ -22,7 +22,7 @@ use crate::connection::{Connection, ConnectionId, SCRATCH_LEN, Shared, ice_creds
 use crate::packet::{self, DatagramKind};
 use crate::relay::Relay;
 use crate::routes::RouteTable;
-use crate::turn::{Client as TurnClient, TurnConfig, TurnEvent};
+use crate::turn::{Client as TurnClient, Transport, TurnConfig, TurnEvent};
 use crate::types::{
     ConnectionConfig, ConnectionInfo, Error, Event, Input, NodeConfig, Output, Role, Stats,
     Transmit,
@@ -570,7 +570,10 @@ impl<K: ConnectionId> Node<K> {
                             conn.drain_ice(id, now, &mut self.shared);
                         }
                         self.relays[i].candidate = Some(c);
-                        if mapped != local {
+                        // Over TCP the mapped address is a TCP one: no UDP
+                        // candidate.
+                        let udp = self.relays[i].client.config().transport == Transport::Udp;
+                        if udp && mapped != local {
                             let _ = self.add_server_reflexive_candidate(mapped, local);
                         }
                     }

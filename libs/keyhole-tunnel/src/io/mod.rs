@@ -16,11 +16,12 @@
 //! bounded by the node's next timeout.
 
 mod device;
+mod tcp_relay;
 mod tun;
 mod udp;
 
 use std::io;
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
@@ -33,15 +34,24 @@ pub use device::{TunOptions, create_tun};
 pub use tun_rs::SyncDevice;
 
 use crate::connection::ConnectionId;
+use crate::turn::{Transport, TurnConfig};
 use crate::{Event, Input, Node, Output};
 
 /// boringtun wants room for a handshake message even for tiny datagrams.
 const WG_MIN_BUFFER: usize = 148;
+use tcp_relay::{Connected, TcpRelay, connect_in_background};
 use tun::Tun;
 use udp::Udp;
 
 /// A change to the node, run on the shell's thread between batches.
 pub type Command<K> = Box<dyn FnOnce(&mut Node<K>, Instant) + Send>;
+
+/// What reaches the shell's thread from outside.
+enum Msg<K> {
+    Command(Command<K>),
+    /// A TURN/TCP stream a connector thread opened.
+    TcpRelay(Connected),
+}
 
 #[derive(Debug, Clone)]
 pub struct ShellConfig {
@@ -87,13 +97,17 @@ pub struct ShellStats {
     /// Super-packets tun-rs could not split (dropped).
     pub tun_read_errors: u64,
     pub yields: u64,
+    /// Frames dropped because a TURN/TCP stream was full or lost.
+    pub tcp_relay_dropped: u64,
+    /// TURN/TCP streams (re)connected.
+    pub tcp_relay_connects: u64,
     /// Whether the TUN device ran with the virtio-net header offloads.
     pub tun_offload: bool,
 }
 
 /// The owner's side of a running shell.
 pub struct Handle<K> {
-    commands: SyncSender<Command<K>>,
+    commands: SyncSender<Msg<K>>,
     waker: UnixDatagram,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<io::Result<ShellStats>>>,
@@ -105,9 +119,27 @@ impl<K> Handle<K> {
     /// Runs `f` on the node between batches. Blocks if the command queue is
     /// full (the loop drains it at least every `yield_every` iterations).
     pub fn command(&self, f: impl FnOnce(&mut Node<K>, Instant) + Send + 'static) -> bool {
-        let ok = self.commands.send(Box::new(f)).is_ok();
+        let ok = self.commands.send(Msg::Command(Box::new(f))).is_ok();
         let _ = self.waker.send(&[1]);
         ok
+    }
+}
+
+impl<K: Send + 'static> Handle<K> {
+    /// Uses a TURN relay over TCP (for networks that block UDP): the shell
+    /// connects in the background, adds the relay to the node once the
+    /// stream is up, and reconnects (replacing the relay) when it is lost.
+    pub fn add_tcp_relay(&self, mut config: TurnConfig) -> io::Result<()> {
+        config.transport = Transport::Tcp;
+        connect_in_background(
+            config,
+            Duration::ZERO,
+            self.stop.clone(),
+            self.commands.clone(),
+            Msg::TcpRelay,
+            self.waker.try_clone()?,
+        );
+        Ok(())
     }
 
     /// Stops the loop and returns its counters.
@@ -147,6 +179,8 @@ pub fn spawn<K: ConnectionId + Send + 'static>(
     let mut shell = Shell {
         node,
         udp,
+        tcp: Vec::new(),
+        connector: (commands.clone(), waker.try_clone()?),
         config,
         commands: command_rx,
         events: event_tx,
@@ -177,8 +211,12 @@ struct Shell<K> {
     node: Node<K>,
     udp: Udp,
     tun: Tun,
+    tcp: Vec<TcpRelay>,
+    /// For reconnecting TURN/TCP streams: where connectors deliver, and
+    /// how they wake the loop.
+    connector: (SyncSender<Msg<K>>, UnixDatagram),
     config: ShellConfig,
-    commands: Receiver<Command<K>>,
+    commands: Receiver<Msg<K>>,
     events: SyncSender<Event<K>>,
     held_event: Option<Event<K>>,
     wake_rx: UnixDatagram,
@@ -187,10 +225,10 @@ struct Shell<K> {
     buf: Vec<u8>,
     /// Replies to datagrams of one UDP batch (handshake responses,
     /// cookies), sent after it.
-    replies: Vec<(std::net::SocketAddr, Vec<u8>)>,
+    replies: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
 }
 
-impl<K: ConnectionId> Shell<K> {
+impl<K: ConnectionId + Send + 'static> Shell<K> {
     fn run(&mut self) -> io::Result<ShellStats> {
         let mut iterations = 0usize;
         let mut now = Instant::now();
@@ -203,11 +241,12 @@ impl<K: ConnectionId> Shell<K> {
                 self.node.handle_timeout(now);
                 self.flush_transmits();
             }
-            // 3. UDP in.
-            let udp = self.read_udp(now)?;
+            // 3. UDP in (and TURN/TCP streams).
+            let udp = self.read_udp(now)? + self.read_tcp(now);
             // 4. TUN in.
             let tun = self.read_tun(now)?;
             self.udp.flush();
+            self.flush_tcp(now);
 
             iterations += 1;
             let idle = udp == 0 && tun == 0;
@@ -229,18 +268,87 @@ impl<K: ConnectionId> Shell<K> {
         self.stats.tun_out = self.tun.written;
         self.stats.tun_write_errors = self.tun.write_errors;
         self.stats.tun_read_errors = self.tun.read_errors;
+        self.stats.tcp_relay_dropped += self.tcp.iter().map(|r| r.dropped).sum::<u64>();
         Ok(self.stats.clone())
     }
 
     fn run_commands(&mut self, now: Instant) {
-        while let Ok(cmd) = self.commands.try_recv() {
-            cmd(&mut self.node, now);
+        while let Ok(msg) = self.commands.try_recv() {
+            match msg {
+                Msg::Command(cmd) => cmd(&mut self.node, now),
+                Msg::TcpRelay(c) => self.add_tcp_relay(now, c),
+            }
+        }
+    }
+
+    fn add_tcp_relay(&mut self, now: Instant, c: Connected) {
+        let server = c.config.server;
+        let config = c.config.clone();
+        let relay = match TcpRelay::new(c.stream, c.config) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%server, %e, "TURN/TCP stream unusable");
+                return self.reconnect(config.backoff, Some(config));
+            }
+        };
+        self.retire_tcp_relay(now, server);
+        match self.node.add_relay(now, relay.local, relay.config.clone()) {
+            Ok(()) => {
+                tracing::debug!(%server, local = %relay.local, "TURN/TCP stream up");
+                self.stats.tcp_relay_connects += 1;
+                self.tcp.push(relay);
+            }
+            Err(e) => tracing::warn!(%server, %e, "TURN/TCP relay refused by the node"),
+        }
+    }
+
+    /// Drops the stream to `server` (if any) and its relay in the node.
+    fn retire_tcp_relay(&mut self, now: Instant, server: SocketAddr) {
+        if let Some(i) = self.tcp.iter().position(|r| r.server() == server) {
+            let r = self.tcp.swap_remove(i);
+            self.stats.tcp_relay_dropped += r.dropped;
+            self.node.remove_relay(now, server);
+        }
+    }
+
+    fn reconnect(&self, delay: Duration, config: Option<TurnConfig>) {
+        let Some(config) = config else { return };
+        let Ok(waker) = self.connector.1.try_clone() else {
+            return;
+        };
+        connect_in_background(
+            config,
+            delay,
+            self.stop.clone(),
+            self.connector.0.clone(),
+            Msg::TcpRelay,
+            waker,
+        );
+    }
+
+    /// Writes queued stream bytes; lost streams are replaced.
+    fn flush_tcp(&mut self, now: Instant) {
+        for r in &mut self.tcp {
+            r.flush();
+        }
+        while let Some(i) = self.tcp.iter().position(|r| r.dead) {
+            let config = self.tcp[i].config.clone();
+            self.retire_tcp_relay(now, config.server);
+            // The release the node just queued has nowhere to go.
+            self.flush_transmits();
+            self.reconnect(config.backoff, Some(config));
         }
     }
 
     fn flush_transmits(&mut self) {
         while let Some(t) = self.node.poll_transmit() {
-            self.udp.send(t.destination, &t.payload);
+            send(
+                &mut self.udp,
+                &mut self.tcp,
+                t.source,
+                t.destination,
+                &t.payload,
+            );
         }
         self.udp.flush();
     }
@@ -274,39 +382,46 @@ impl<K: ConnectionId> Shell<K> {
         } = self;
         let n = udp.recv_batch(|local, from, datagram| {
             stats.udp_in += 1;
-            let input = Input::Network {
-                local,
-                from,
-                datagram,
-            };
-            // Decrypt straight into the next slot of the TUN write batch.
-            let slot = tun.slot(datagram.len().max(WG_MIN_BUFFER));
-            let base = slot.as_ptr() as usize;
-            let kept = match node.handle_input(now, input, slot) {
-                Some(Output::Tun { packet, .. }) => {
-                    Some((packet.as_ptr() as usize - base, packet.len()))
-                }
-                Some(Output::Transmit(t)) => {
-                    replies.push((t.destination, t.payload.to_vec()));
-                    None
-                }
-                None => None,
-            };
-            if let Some((offset, len)) = kept {
-                tun.commit(offset, len);
-            }
+            handle_network(node, tun, replies, now, local, from, datagram);
         })?;
-        self.tun.flush();
-        for (dest, payload) in self.replies.drain(..) {
-            self.udp.send(dest, &payload);
-        }
+        self.after_network();
         Ok(n)
+    }
+
+    fn read_tcp(&mut self, now: Instant) -> usize {
+        if self.tcp.is_empty() {
+            return 0;
+        }
+        let Self {
+            node,
+            tcp,
+            tun,
+            replies,
+            ..
+        } = self;
+        let mut n = 0;
+        for r in tcp.iter_mut() {
+            n += r.recv(|local, from, frame| {
+                handle_network(node, tun, replies, now, local, from, frame);
+            });
+        }
+        self.after_network();
+        n
+    }
+
+    /// Writes the decrypted batch to TUN, then sends the replies.
+    fn after_network(&mut self) {
+        self.tun.flush();
+        for (source, dest, payload) in self.replies.drain(..) {
+            send(&mut self.udp, &mut self.tcp, source, dest, &payload);
+        }
     }
 
     fn read_tun(&mut self, now: Instant) -> io::Result<usize> {
         let Self {
             node,
             udp,
+            tcp,
             tun,
             buf,
             stats,
@@ -317,7 +432,7 @@ impl<K: ConnectionId> Shell<K> {
         while n < config.tun_batch {
             let got = tun.recv(|packet| {
                 if let Some(Output::Transmit(t)) = node.handle_input(now, Input::Tun(packet), buf) {
-                    udp.send(t.destination, t.payload);
+                    send(udp, tcp, t.source, t.destination, t.payload);
                 }
             })?;
             if got == 0 {
@@ -342,11 +457,18 @@ impl<K: ConnectionId> Shell<K> {
             // Retry handing events over soon.
             timeout = timeout.min(Duration::from_millis(10));
         }
-        let mut fds = [
+        let mut fds = vec![
             pollfd(self.udp.fd()),
             pollfd(self.tun.dev.as_raw_fd()),
             pollfd(self.wake_rx.as_raw_fd()),
         ];
+        for r in &self.tcp {
+            let mut p = pollfd(r.fd());
+            if r.wants_write() {
+                p.events |= libc::POLLOUT;
+            }
+            fds.push(p);
+        }
         // Round up so a timer due in 0.3 ms does not spin.
         let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
         // SAFETY: `fds` is a valid array of pollfd for the whole call.
@@ -360,6 +482,50 @@ impl<K: ConnectionId> Shell<K> {
         let mut drain = [0u8; 64];
         while self.wake_rx.recv(&mut drain).is_ok() {}
         Ok(())
+    }
+}
+
+/// Sends a datagram the node produced: into a TURN/TCP stream when it
+/// leaves from that stream's local address to its server, else over UDP.
+fn send(udp: &mut Udp, tcp: &mut [TcpRelay], source: SocketAddr, dest: SocketAddr, payload: &[u8]) {
+    match tcp
+        .iter_mut()
+        .find(|r| r.local == source && r.server() == dest)
+    {
+        Some(r) => r.send(payload),
+        None => udp.send(dest, payload),
+    }
+}
+
+/// One datagram (or TURN/TCP frame) into the node: decrypted packets go to
+/// the next slot of the TUN write batch, replies are kept for after it.
+fn handle_network<K: ConnectionId>(
+    node: &mut Node<K>,
+    tun: &mut Tun,
+    replies: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+    now: Instant,
+    local: SocketAddr,
+    from: SocketAddr,
+    datagram: &[u8],
+) {
+    let input = Input::Network {
+        local,
+        from,
+        datagram,
+    };
+    // Decrypt straight into the next slot of the TUN write batch.
+    let slot = tun.slot(datagram.len().max(WG_MIN_BUFFER));
+    let base = slot.as_ptr() as usize;
+    let kept = match node.handle_input(now, input, slot) {
+        Some(Output::Tun { packet, .. }) => Some((packet.as_ptr() as usize - base, packet.len())),
+        Some(Output::Transmit(t)) => {
+            replies.push((t.source, t.destination, t.payload.to_vec()));
+            None
+        }
+        None => None,
+    };
+    if let Some((offset, len)) = kept {
+        tun.commit(offset, len);
     }
 }
 
