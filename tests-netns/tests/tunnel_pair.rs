@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use keyhole_tests_netns::{Netns, veth};
+use keyhole_tests_netns::{Netns, Proc, veth};
 
 const UFRAG_A: &str = "ufragAAA:passwordAAAAAAAAAAAAAAAAAA";
 const UFRAG_B: &str = "ufragBBB:passwordBBBBBBBBBBBBBBBBBB";
@@ -46,6 +46,11 @@ fn args(
 }
 
 fn pair(ice: bool) {
+    pair_with(ice, &[], |_| {});
+}
+
+/// `common` goes to both peers; `check` sees each peer process at the end.
+fn pair_with(ice: bool, common: &[&str], check: impl Fn(&Proc)) {
     let a = Netns::new("tpa").unwrap();
     let b = Netns::new("tpb").unwrap();
     veth(&a, "eth0", "10.10.0.1/24", &b, "eth0", "10.10.0.2/24").unwrap();
@@ -53,7 +58,7 @@ fn pair(ice: bool) {
     let (kb, pb) = keypair(&b);
     let cand = |ip: &str| format!("candidate:1 1 udp 2130706431 {ip} 51820 typ host");
     let (ca, cb) = (cand("10.10.0.2"), cand("10.10.0.1"));
-    let (extra_a, extra_b): (Vec<&str>, Vec<&str>) = if ice {
+    let (mut extra_a, mut extra_b): (Vec<&str>, Vec<&str>) = if ice {
         (
             vec![
                 "--ice-local",
@@ -78,6 +83,8 @@ fn pair(ice: bool) {
             vec!["--static-peer", "10.10.0.1:51820"],
         )
     };
+    extra_a.extend(common);
+    extra_b.extend(common);
     let started = Instant::now();
     let pb_proc = spawn_peer(
         &b,
@@ -124,6 +131,8 @@ fn pair(ice: bool) {
     if ice {
         assert!(out.contains("LocalCandidate"), "{out}");
     }
+    check(&pa_proc);
+    check(&pb_proc);
 }
 
 #[test]
@@ -134,6 +143,22 @@ fn two_processes_over_ice_exchange_ping_and_tcp() {
 #[test]
 fn two_processes_with_static_paths_exchange_ping_and_tcp() {
     pair(false);
+}
+
+/// Two TUN queues per side (IFF_MULTI_QUEUE, a thread each): ping and TCP
+/// both ways arrive intact, and each peer runs the second queue's thread.
+#[test]
+fn two_processes_with_two_tun_queues_exchange_ping_and_tcp() {
+    pair_with(false, &["--queues", "2"], |p| {
+        let threads = std::fs::read_dir(format!("/proc/{}/task", p.pid()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .collect::<Vec<_>>();
+        assert!(
+            threads.iter().any(|c| c.trim() == "keyhole-tun-q1"),
+            "{threads:?}"
+        );
+    });
 }
 
 /// A network that blocks UDP: A's namespace drops every UDP datagram it

@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use ipnet::IpNet;
 use keyhole_proto::{IceCandidate, IceCredentials, PresharedKey, PublicKey};
-use keyhole_tunnel::io::{ShellConfig, TunOptions, create_tun, spawn};
+use keyhole_tunnel::io::{ShellConfig, TunOptions, create_tun, spawn_multi};
 use keyhole_tunnel::turn::TurnConfig;
 use keyhole_tunnel::{ConnectionConfig, Node, NodeConfig, Path, PathKind, Role};
 use rand::RngCore;
@@ -76,6 +76,9 @@ struct Args {
     /// TUN without the virtio-net header offloads (one packet per read).
     #[arg(long)]
     no_offload: bool,
+    /// TUN queues (IFF_MULTI_QUEUE when > 1), one thread each.
+    #[arg(long, default_value_t = 1)]
+    queues: usize,
 }
 
 fn creds(s: &str) -> Result<IceCredentials> {
@@ -190,7 +193,8 @@ fn main() -> Result<()> {
 
     let mut options = TunOptions::new(&args.tun, args.mtu);
     options.offload = !args.no_offload;
-    let tun = create_tun(&options).context("creating TUN")?.swap_remove(0);
+    options.queues = args.queues;
+    let tuns = create_tun(&options).context("creating TUN")?;
     ip(&["addr", "add", &args.tun_addr.to_string(), "dev", &args.tun])?;
     ip(&["link", "set", &args.tun, "up"])?;
     for r in &args.routes {
@@ -199,7 +203,7 @@ fn main() -> Result<()> {
         }
     }
     let udp = UdpSocket::bind(args.listen).context("binding UDP")?;
-    let handle = spawn(node, udp, tun, ShellConfig::default())?;
+    let handle = spawn_multi(node, udp, tuns, ShellConfig::default())?;
     for r in &args.tcp_relays {
         handle.add_tcp_relay(relay(r)?)?;
     }

@@ -1,6 +1,5 @@
-//! IO shell (feature `io`): one thread owns the node, a UDP socket and a
-//! TUN device, and runs them in the design's priority order so nothing
-//! starves:
+//! IO shell (feature `io`): one thread drives the node, a UDP socket and a
+//! TUN device in the design's priority order so nothing starves:
 //!
 //! 1. flush local buffers: queued datagrams (`poll_transmit`) and events
 //!    (to a bounded channel; when it is full the event waits, never lost);
@@ -14,19 +13,27 @@
 //! the loop runs the owner's commands (closures over the node) and re-reads
 //! the clock. Idle waits are one `poll(2)` on UDP, TUN and a waker socket,
 //! bounded by the node's next timeout.
+//!
+//! With a multi-queue TUN ([`spawn_multi`], [`create_tun`] with `queues`)
+//! every further queue gets a thread of its own that reads it and sends
+//! what the node encrypts (the kernel spreads flows over queues by hash,
+//! so one flow stays in order). The node sits behind one mutex, taken per
+//! batch: crypto is serialised, the syscalls of the threads overlap.
 
 mod device;
+mod queue;
+mod shell;
+mod steer;
 mod tcp_relay;
 mod tun;
 mod udp;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,14 +44,29 @@ use crate::connection::ConnectionId;
 use crate::turn::{Transport, TurnConfig};
 use crate::{Event, Input, Node, Output};
 
-/// boringtun wants room for a handshake message even for tiny datagrams.
-const WG_MIN_BUFFER: usize = 148;
+use shell::Shell;
 use tcp_relay::{Connected, TcpRelay, connect_in_background};
 use tun::Tun;
 use udp::Udp;
 
+/// boringtun wants room for a handshake message even for tiny datagrams.
+const WG_MIN_BUFFER: usize = 148;
+
 /// A change to the node, run on the shell's thread between batches.
 pub type Command<K> = Box<dyn FnOnce(&mut Node<K>, Instant) + Send>;
+
+/// What the shell's threads share: the node, and the TURN/TCP streams
+/// its datagrams may leave through.
+struct Core<K> {
+    node: Node<K>,
+    tcp: Vec<TcpRelay>,
+}
+
+/// A poisoned lock only means another shell thread panicked; the node's
+/// state is still consistent between calls.
+fn lock<K>(core: &Mutex<Core<K>>) -> MutexGuard<'_, Core<K>> {
+    core.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// What reaches the shell's thread from outside.
 enum Msg<K> {
@@ -103,6 +125,8 @@ pub struct ShellStats {
     pub tcp_relay_connects: u64,
     /// Whether the TUN device ran with the virtio-net header offloads.
     pub tun_offload: bool,
+    /// TUN queues read, one thread each.
+    pub tun_queues: usize,
 }
 
 /// The owner's side of a running shell.
@@ -169,17 +193,56 @@ pub fn spawn<K: ConnectionId + Send + 'static>(
     tun: SyncDevice,
     config: ShellConfig,
 ) -> io::Result<Handle<K>> {
+    spawn_multi(node, udp, vec![tun], config)
+}
+
+/// [`spawn`] over the queues of one multi-queue TUN device (as
+/// [`create_tun`] returns them): the first is the main loop's, each
+/// further one gets a thread that reads it and sends what the node
+/// encrypts through a clone of the UDP socket.
+pub fn spawn_multi<K: ConnectionId + Send + 'static>(
+    node: Node<K>,
+    udp: UdpSocket,
+    tuns: Vec<SyncDevice>,
+    config: ShellConfig,
+) -> io::Result<Handle<K>> {
+    let mut tuns = tuns.into_iter();
+    let tun = tuns
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no TUN queue"))?;
     let (commands, command_rx) = mpsc::sync_channel(config.command_queue);
     let (event_tx, events) = mpsc::sync_channel(config.event_queue);
     let (waker, wake_rx) = UnixDatagram::pair()?;
     wake_rx.set_nonblocking(true)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let udp = Udp::new(udp, config.udp_batch)?;
-    let tun = Tun::new(tun, config.tun_write_batch)?;
-    let mut shell = Shell {
+    let core = Arc::new(Mutex::new(Core {
         node,
-        udp,
         tcp: Vec::new(),
+    }));
+    let mut queues = Vec::new();
+    let mut writers = Vec::new();
+    for (i, dev) in tuns.enumerate() {
+        let dev = Arc::new(dev);
+        writers.push(Tun::new(dev.clone(), config.tun_write_batch)?);
+        let worker = queue::Queue::new(
+            core.clone(),
+            Udp::new(udp.try_clone()?, 1)?,
+            Tun::new(dev, 1)?,
+            stop.clone(),
+            waker.try_clone()?,
+            config.tun_batch,
+        );
+        queues.push(
+            std::thread::Builder::new()
+                .name(format!("keyhole-tun-q{}", i + 1))
+                .spawn(move || worker.run())?,
+        );
+    }
+    let udp = Udp::new(udp, config.udp_batch)?;
+    let tun = Tun::new(Arc::new(tun), config.tun_write_batch)?;
+    let mut shell = Shell {
+        core,
+        udp,
         connector: (commands.clone(), waker.try_clone()?),
         config,
         commands: command_rx,
@@ -189,11 +252,14 @@ pub fn spawn<K: ConnectionId + Send + 'static>(
         stop: stop.clone(),
         stats: ShellStats {
             tun_offload: tun.offload(),
+            tun_queues: 1 + queues.len(),
             ..ShellStats::default()
         },
         tun,
+        writers,
         buf: vec![0; 65_536 + 256],
         replies: Vec::new(),
+        queues,
     };
     let thread = std::thread::Builder::new()
         .name("keyhole-tunnel".into())
@@ -205,284 +271,6 @@ pub fn spawn<K: ConnectionId + Send + 'static>(
         thread: Some(thread),
         events,
     })
-}
-
-struct Shell<K> {
-    node: Node<K>,
-    udp: Udp,
-    tun: Tun,
-    tcp: Vec<TcpRelay>,
-    /// For reconnecting TURN/TCP streams: where connectors deliver, and
-    /// how they wake the loop.
-    connector: (SyncSender<Msg<K>>, UnixDatagram),
-    config: ShellConfig,
-    commands: Receiver<Msg<K>>,
-    events: SyncSender<Event<K>>,
-    held_event: Option<Event<K>>,
-    wake_rx: UnixDatagram,
-    stop: Arc<AtomicBool>,
-    stats: ShellStats,
-    buf: Vec<u8>,
-    /// Replies to datagrams of one UDP batch (handshake responses,
-    /// cookies), sent after it.
-    replies: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
-}
-
-impl<K: ConnectionId + Send + 'static> Shell<K> {
-    fn run(&mut self) -> io::Result<ShellStats> {
-        let mut iterations = 0usize;
-        let mut now = Instant::now();
-        while !self.stop.load(Ordering::Relaxed) {
-            // 1. Flush local buffers.
-            self.flush_transmits();
-            let events_blocked = self.flush_events();
-            // 2. Due timers.
-            if self.node.poll_timeout().is_some_and(|t| t <= now) {
-                self.node.handle_timeout(now);
-                self.flush_transmits();
-            }
-            // 3. UDP in (and TURN/TCP streams).
-            let udp = self.read_udp(now)? + self.read_tcp(now);
-            // 4. TUN in.
-            let tun = self.read_tun(now)?;
-            self.udp.flush();
-            self.flush_tcp(now);
-
-            iterations += 1;
-            let idle = udp == 0 && tun == 0;
-            if idle || iterations >= self.config.yield_every {
-                // Forced yield: the owner's commands run, time advances.
-                iterations = 0;
-                self.stats.yields += 1;
-                now = Instant::now();
-                self.run_commands(now);
-            }
-            if idle {
-                self.wait(now, events_blocked)?;
-                now = Instant::now();
-            }
-        }
-        self.tun.flush();
-        self.stats.udp_out = self.udp.sent;
-        self.stats.udp_send_errors = self.udp.send_errors;
-        self.stats.tun_out = self.tun.written;
-        self.stats.tun_write_errors = self.tun.write_errors;
-        self.stats.tun_read_errors = self.tun.read_errors;
-        self.stats.tcp_relay_dropped += self.tcp.iter().map(|r| r.dropped).sum::<u64>();
-        Ok(self.stats.clone())
-    }
-
-    fn run_commands(&mut self, now: Instant) {
-        while let Ok(msg) = self.commands.try_recv() {
-            match msg {
-                Msg::Command(cmd) => cmd(&mut self.node, now),
-                Msg::TcpRelay(c) => self.add_tcp_relay(now, c),
-            }
-        }
-    }
-
-    fn add_tcp_relay(&mut self, now: Instant, c: Connected) {
-        let server = c.config.server;
-        let config = c.config.clone();
-        let relay = match TcpRelay::new(c.stream, c.config) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(%server, %e, "TURN/TCP stream unusable");
-                return self.reconnect(config.backoff, Some(config));
-            }
-        };
-        self.retire_tcp_relay(now, server);
-        match self.node.add_relay(now, relay.local, relay.config.clone()) {
-            Ok(()) => {
-                tracing::debug!(%server, local = %relay.local, "TURN/TCP stream up");
-                self.stats.tcp_relay_connects += 1;
-                self.tcp.push(relay);
-            }
-            Err(e) => tracing::warn!(%server, %e, "TURN/TCP relay refused by the node"),
-        }
-    }
-
-    /// Drops the stream to `server` (if any) and its relay in the node.
-    fn retire_tcp_relay(&mut self, now: Instant, server: SocketAddr) {
-        if let Some(i) = self.tcp.iter().position(|r| r.server() == server) {
-            let r = self.tcp.swap_remove(i);
-            self.stats.tcp_relay_dropped += r.dropped;
-            self.node.remove_relay(now, server);
-        }
-    }
-
-    fn reconnect(&self, delay: Duration, config: Option<TurnConfig>) {
-        let Some(config) = config else { return };
-        let Ok(waker) = self.connector.1.try_clone() else {
-            return;
-        };
-        connect_in_background(
-            config,
-            delay,
-            self.stop.clone(),
-            self.connector.0.clone(),
-            Msg::TcpRelay,
-            waker,
-        );
-    }
-
-    /// Writes queued stream bytes; lost streams are replaced.
-    fn flush_tcp(&mut self, now: Instant) {
-        for r in &mut self.tcp {
-            r.flush();
-        }
-        while let Some(i) = self.tcp.iter().position(|r| r.dead) {
-            let config = self.tcp[i].config.clone();
-            self.retire_tcp_relay(now, config.server);
-            // The release the node just queued has nowhere to go.
-            self.flush_transmits();
-            self.reconnect(config.backoff, Some(config));
-        }
-    }
-
-    fn flush_transmits(&mut self) {
-        while let Some(t) = self.node.poll_transmit() {
-            send(
-                &mut self.udp,
-                &mut self.tcp,
-                t.source,
-                t.destination,
-                &t.payload,
-            );
-        }
-        self.udp.flush();
-    }
-
-    /// Returns true when the owner is not taking events.
-    fn flush_events(&mut self) -> bool {
-        loop {
-            let Some(e) = self.held_event.take().or_else(|| self.node.poll_event()) else {
-                return false;
-            };
-            match self.events.try_send(e) {
-                Ok(()) => {}
-                Err(TrySendError::Full(e)) => {
-                    self.held_event = Some(e);
-                    return true;
-                }
-                // Nobody listens: the events are of no use to anyone.
-                Err(TrySendError::Disconnected(_)) => {}
-            }
-        }
-    }
-
-    fn read_udp(&mut self, now: Instant) -> io::Result<usize> {
-        let Self {
-            node,
-            udp,
-            tun,
-            stats,
-            replies,
-            ..
-        } = self;
-        let n = udp.recv_batch(|local, from, datagram| {
-            stats.udp_in += 1;
-            handle_network(node, tun, replies, now, local, from, datagram);
-        })?;
-        self.after_network();
-        Ok(n)
-    }
-
-    fn read_tcp(&mut self, now: Instant) -> usize {
-        if self.tcp.is_empty() {
-            return 0;
-        }
-        let Self {
-            node,
-            tcp,
-            tun,
-            replies,
-            ..
-        } = self;
-        let mut n = 0;
-        for r in tcp.iter_mut() {
-            n += r.recv(|local, from, frame| {
-                handle_network(node, tun, replies, now, local, from, frame);
-            });
-        }
-        self.after_network();
-        n
-    }
-
-    /// Writes the decrypted batch to TUN, then sends the replies.
-    fn after_network(&mut self) {
-        self.tun.flush();
-        for (source, dest, payload) in self.replies.drain(..) {
-            send(&mut self.udp, &mut self.tcp, source, dest, &payload);
-        }
-    }
-
-    fn read_tun(&mut self, now: Instant) -> io::Result<usize> {
-        let Self {
-            node,
-            udp,
-            tcp,
-            tun,
-            buf,
-            stats,
-            config,
-            ..
-        } = self;
-        let mut n = 0;
-        while n < config.tun_batch {
-            let got = tun.recv(|packet| {
-                if let Some(Output::Transmit(t)) = node.handle_input(now, Input::Tun(packet), buf) {
-                    send(udp, tcp, t.source, t.destination, t.payload);
-                }
-            })?;
-            if got == 0 {
-                break;
-            }
-            n += got;
-        }
-        stats.tun_in += n as u64;
-        Ok(n)
-    }
-
-    /// Sleeps until a socket is readable, a command arrives or the node's
-    /// next timeout.
-    fn wait(&mut self, now: Instant, events_blocked: bool) -> io::Result<()> {
-        let mut timeout = self
-            .node
-            .poll_timeout()
-            .map(|t| t.saturating_duration_since(now))
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1));
-        if events_blocked {
-            // Retry handing events over soon.
-            timeout = timeout.min(Duration::from_millis(10));
-        }
-        let mut fds = vec![
-            pollfd(self.udp.fd()),
-            pollfd(self.tun.dev.as_raw_fd()),
-            pollfd(self.wake_rx.as_raw_fd()),
-        ];
-        for r in &self.tcp {
-            let mut p = pollfd(r.fd());
-            if r.wants_write() {
-                p.events |= libc::POLLOUT;
-            }
-            fds.push(p);
-        }
-        // Round up so a timer due in 0.3 ms does not spin.
-        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        // SAFETY: `fds` is a valid array of pollfd for the whole call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-        let mut drain = [0u8; 64];
-        while self.wake_rx.recv(&mut drain).is_ok() {}
-        Ok(())
-    }
 }
 
 /// Sends a datagram the node produced: into a TURN/TCP stream when it
@@ -502,11 +290,10 @@ fn send(udp: &mut Udp, tcp: &mut [TcpRelay], source: SocketAddr, dest: SocketAdd
 fn handle_network<K: ConnectionId>(
     node: &mut Node<K>,
     tun: &mut Tun,
+    writers: &mut [Tun],
     replies: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
     now: Instant,
-    local: SocketAddr,
-    from: SocketAddr,
-    datagram: &[u8],
+    (local, from, datagram): (SocketAddr, SocketAddr, &[u8]),
 ) {
     let input = Input::Network {
         local,
@@ -524,8 +311,16 @@ fn handle_network<K: ConnectionId>(
         }
         None => None,
     };
-    if let Some((offset, len)) = kept {
-        tun.commit(offset, len);
+    let Some((offset, len)) = kept else { return };
+    match steer::queue_of(tun.slot_packet(offset, len), writers.len() + 1) {
+        0 => tun.commit(offset, len),
+        q => {
+            // Written on the flow's own queue, so its reads land there.
+            let packet = tun.slot_packet(offset, len);
+            let other = &mut writers[q - 1];
+            other.slot(len).copy_from_slice(packet);
+            other.commit(0, len);
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! every read and write is one packet.
 
 use std::io;
+use std::sync::Arc;
 
 use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
@@ -20,12 +21,15 @@ const MAX_SEGMENTS: usize = 128;
 const SEGMENT_SLACK: usize = 256;
 
 pub(crate) struct Tun {
-    pub(crate) dev: SyncDevice,
+    /// Shared between the queue's reader and the main loop's writer.
+    pub(crate) dev: Arc<SyncDevice>,
     offload: bool,
     /// One raw read (virtio header + super-packet).
     raw: Vec<u8>,
     segments: Vec<Vec<u8>>,
     sizes: Vec<usize>,
+    /// Packets in `segments` from the last read.
+    got: usize,
     /// Decrypted packets waiting for one batched write; each starts with
     /// `VIRTIO_NET_HDR_LEN` bytes of room for the header.
     out: Vec<Vec<u8>>,
@@ -37,7 +41,7 @@ pub(crate) struct Tun {
 }
 
 impl Tun {
-    pub(crate) fn new(dev: SyncDevice, write_batch: usize) -> io::Result<Self> {
+    pub(crate) fn new(dev: Arc<SyncDevice>, write_batch: usize) -> io::Result<Self> {
         dev.set_nonblocking(true)?;
         let offload = dev.tcp_gso();
         let mtu = usize::from(dev.mtu().unwrap_or(1500));
@@ -57,6 +61,7 @@ impl Tun {
             },
             segments: (0..segments).map(|_| vec![0; segment_len]).collect(),
             sizes: vec![0; segments],
+            got: 0,
             out: (0..write_batch.max(1)).map(|_| Vec::new()).collect(),
             out_len: 0,
             gro: GROTable::default(),
@@ -71,29 +76,23 @@ impl Tun {
         self.offload
     }
 
-    /// One read: calls `f` for every packet in it (one, or the segments of
-    /// a super-packet). Returns how many packets, 0 when nothing is
-    /// waiting. A malformed super-packet is counted and skipped.
-    pub(crate) fn recv(&mut self, mut f: impl FnMut(&[u8])) -> io::Result<usize> {
-        if !self.offload {
-            let buf = &mut self.segments[0];
-            return match self.dev.recv(buf) {
-                Ok(len) => {
-                    f(&buf[..len]);
-                    Ok(1)
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-                Err(e) => Err(e),
-            };
-        }
-        match self
-            .dev
-            .recv_multiple(&mut self.raw, &mut self.segments, &mut self.sizes, 0)
-        {
+    /// One read into the shell's buffers; [`Tun::packets`] yields what
+    /// it got. Returns how many packets, 0 when nothing is waiting (or a
+    /// malformed super-packet was dropped: `read_errors` counts those).
+    pub(crate) fn read(&mut self) -> io::Result<usize> {
+        self.got = 0;
+        let r = if self.offload {
+            self.dev
+                .recv_multiple(&mut self.raw, &mut self.segments, &mut self.sizes, 0)
+        } else {
+            self.dev.recv(&mut self.segments[0]).map(|len| {
+                self.sizes[0] = len;
+                1
+            })
+        };
+        match r {
             Ok(n) => {
-                for (buf, &len) in self.segments.iter().zip(&self.sizes).take(n) {
-                    f(&buf[..len]);
-                }
+                self.got = n;
                 Ok(n)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
@@ -103,9 +102,18 @@ impl Tun {
             Err(e) => {
                 self.read_errors += 1;
                 tracing::debug!(%e, "bad GSO packet from TUN");
-                Ok(1)
+                Ok(0)
             }
         }
+    }
+
+    /// The packets of the last [`Tun::read`].
+    pub(crate) fn packets(&self) -> impl Iterator<Item = &[u8]> {
+        self.segments
+            .iter()
+            .zip(&self.sizes)
+            .take(self.got)
+            .map(|(buf, &len)| &buf[..len])
     }
 
     /// A buffer for the next decrypted packet, at least `len` bytes long.
@@ -118,6 +126,12 @@ impl Tun {
         buf.clear();
         buf.resize(VIRTIO_NET_HDR_LEN + len, 0);
         &mut buf[VIRTIO_NET_HDR_LEN..]
+    }
+
+    /// What was written at `offset` of the last [`Tun::slot`].
+    pub(crate) fn slot_packet(&self, offset: usize, len: usize) -> &[u8] {
+        let start = VIRTIO_NET_HDR_LEN + offset;
+        &self.out[self.out_len][start..start + len]
     }
 
     /// Keeps `len` bytes at `offset` of the last [`Tun::slot`] for the
