@@ -62,7 +62,17 @@ impl Tun {
             segments: (0..segments).map(|_| vec![0; segment_len]).collect(),
             sizes: vec![0; segments],
             got: 0,
-            out: (0..write_batch.max(1)).map(|_| Vec::new()).collect(),
+            // tun-rs coalesces a flow's packets into the first one's
+            // buffer only when its capacity already holds 64 KiB.
+            out: (0..write_batch.max(1))
+                .map(|_| {
+                    if offload {
+                        Vec::with_capacity(2 * VIRTIO_NET_HDR_LEN + MAX_READ)
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect(),
             out_len: 0,
             gro: GROTable::default(),
             written: 0,
