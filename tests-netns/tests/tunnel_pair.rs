@@ -178,33 +178,7 @@ fn turn_over_tcp_carries_the_tunnel_when_udp_is_blocked() {
         b"table inet noudp {\n chain out {\n  type filter hook output priority 0; policy accept;\n  meta l4proto udp drop\n }\n}\n",
     )
     .unwrap();
-    let turn = b
-        .spawn(
-            "turnserver",
-            [
-                "-n",
-                "--listening-ip",
-                "10.11.0.3",
-                "--listening-port",
-                "3478",
-                "--relay-ip",
-                "10.11.0.3",
-                "--lt-cred-mech",
-                "--user",
-                "alice:secret",
-                "--realm",
-                "keyhole",
-                "--no-cli",
-                "--no-tls",
-                "--no-dtls",
-                "--log-file",
-                "stdout",
-            ],
-        )
-        .unwrap();
-    wait_until(Duration::from_secs(10), "coturn listening", || {
-        b.enter(|| std::net::TcpStream::connect("10.11.0.3:3478").is_ok())
-    });
+    let turn = coturn(&b);
     let (ka, pa) = keypair(&a);
     let (kb, pb) = keypair(&b);
     let pb_proc = spawn_peer(
@@ -252,5 +226,56 @@ fn turn_over_tcp_carries_the_tunnel_when_udp_is_blocked() {
         .unwrap();
     tcp_transfer(&b, &a, "100.64.0.2:7000".parse().unwrap(), 4 << 20);
     tcp_transfer(&a, &b, "100.64.0.1:7001".parse().unwrap(), 4 << 20);
+
+    // The relay restarts: the stream is lost, the shell reconnects with
+    // backoff and allocates again, which brings a fresh relayed candidate.
     drop(turn);
+    let relay_candidates = |p: &Proc| p.stdout_so_far().matches("typ relay").count();
+    assert_eq!(relay_candidates(&pa_proc), 1);
+    let _turn = coturn(&b);
+    wait_until(
+        Duration::from_secs(20),
+        "a second relayed candidate",
+        || relay_candidates(&pa_proc) >= 2,
+    );
+}
+
+/// coturn on 10.11.0.3:3478 in `ns` (TCP and UDP, long-term credentials
+/// alice:secret), once it accepts connections.
+fn coturn(ns: &Netns) -> Proc {
+    let turn = ns
+        .spawn(
+            "turnserver",
+            [
+                "-n",
+                "--listening-ip",
+                "10.11.0.3",
+                "--listening-port",
+                "3478",
+                "--relay-ip",
+                "10.11.0.3",
+                "--lt-cred-mech",
+                "--user",
+                "alice:secret",
+                "--realm",
+                "keyhole",
+                "--no-cli",
+                "--no-tls",
+                "--no-dtls",
+                "--log-file",
+                "stdout",
+            ],
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(10), "coturn listening", || {
+        ns.enter(|| std::net::TcpStream::connect("10.11.0.3:3478").is_ok())
+    });
+    turn
+}
+
+/// TUN devices without the virtio-net header offloads (one packet per
+/// read and write): the fallback path carries ping and TCP both ways.
+#[test]
+fn two_processes_without_tun_offloads_exchange_ping_and_tcp() {
+    pair_with(false, &["--no-offload"], |_| {});
 }

@@ -35,6 +35,9 @@ log() { echo "# $*" >&2; }
 
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # iperf3 -D daemonises: its pid comes from its pidfile.
+  [ -f "$OUT.iperf3.pid" ] && kill "$(cat "$OUT.iperf3.pid")" 2>/dev/null
+  rm -f "$OUT.iperf3.pid"
   wait 2>/dev/null || true
   ip netns del "$A" 2>/dev/null || true
   ip netns del "$B" 2>/dev/null || true
@@ -125,7 +128,7 @@ if has boringtun-cli; then
   TARGET[boringtun-cli]=100.66.0.2
 fi
 
-ip netns exec "$B" iperf3 -s -D --logfile /dev/null
+ip netns exec "$B" iperf3 -s -D --logfile /dev/null --pidfile "$OUT.iperf3.pid"
 sleep 1
 for v in $VARIANTS; do
   [ -n "${TARGET[$v]:-}" ] || continue
@@ -145,8 +148,11 @@ perf_keyhole() {
   [ "${PERF:-0}" = 1 ] && has keyhole && command -v perf >/dev/null || return 0
   local secs=$((SECS > 2 ? SECS - 2 : 1))
   perf record -q -F 999 -g -p "$PID_kh0_initiator" -o "$OUT.perf-a.data" -- sleep "$secs" 2>/dev/null &
+  PERF_PIDS+=($!)
   perf record -q -F 999 -g -p "$PID_kh0_responder" -o "$OUT.perf-b.data" -- sleep "$secs" 2>/dev/null &
+  PERF_PIDS+=($!)
 }
+PERF_PIDS=()
 
 printf 'variant\tstreams\trepeat\tgbps\n' >"$OUT"
 for r in $(seq "$REPEATS"); do
@@ -160,10 +166,15 @@ for r in $(seq "$REPEATS"); do
     done
   done
 done
-wait_perf() { for s in a b; do
-  [ -f "$OUT.perf-$s.data" ] && perf report -i "$OUT.perf-$s.data" --no-children --sort symbol \
-    --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -25 >"$OUT.perf-$s.txt"; done; true; }
-[ "${PERF:-0}" = 1 ] && wait_perf
+perf_reports() {
+  [ ${#PERF_PIDS[@]} -eq 0 ] || wait "${PERF_PIDS[@]}" || true
+  for s in a b; do
+    [ -f "$OUT.perf-$s.data" ] || continue
+    { perf report -i "$OUT.perf-$s.data" --no-children --sort symbol --stdio 2>/dev/null |
+      grep -E '^ +[0-9]' | head -25 >"$OUT.perf-$s.txt"; } || true
+  done
+}
+if [ "${PERF:-0}" = 1 ]; then perf_reports; fi
 
 # ---- summary --------------------------------------------------------------
 
