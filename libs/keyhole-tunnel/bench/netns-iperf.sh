@@ -5,6 +5,8 @@
 #   bare-veth           no tunnel
 #   keyhole             keyhole-tunnel-peer, TUN offloads on (GSO/GRO)
 #   keyhole-nooffload   keyhole-tunnel-peer --no-offload
+#   keyhole-mq2         keyhole-tunnel-peer --queues 2 (only when listed
+#                       in VARIANTS: on 2 cores it competes with iperf3)
 #   wireguard-go        wireguard-go + wg
 #   boringtun-cli       boringtun-cli + wg (cargo-installed when missing)
 #
@@ -102,6 +104,11 @@ if has keyhole-nooffload; then
   keyhole_side "$B" kh1 10.30.0.2:51823 100.67.0.2/24 100.67.0.1/32 10.30.0.1:51823 responder --no-offload
   keyhole_side "$A" kh1 10.30.0.1:51823 100.67.0.1/24 100.67.0.2/32 10.30.0.2:51823 initiator --no-offload
   TARGET[keyhole-nooffload]=100.67.0.2
+fi
+if has keyhole-mq2; then
+  keyhole_side "$B" kh2 10.30.0.2:51824 100.68.0.2/24 100.68.0.1/32 10.30.0.1:51824 responder --queues 2
+  keyhole_side "$A" kh2 10.30.0.1:51824 100.68.0.1/24 100.68.0.2/32 10.30.0.2:51824 initiator --queues 2
+  TARGET[keyhole-mq2]=100.68.0.2
 fi
 
 # wireguard-go / boringtun-cli: a userspace daemon per side, configured

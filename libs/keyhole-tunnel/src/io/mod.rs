@@ -147,6 +147,16 @@ impl<K> Handle<K> {
         let _ = self.waker.send(&[1]);
         ok
     }
+
+    /// Stops the loop and returns its counters.
+    pub fn stop(mut self) -> io::Result<ShellStats> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.waker.send(&[1]);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            _ => Err(io::Error::other("shell thread panicked")),
+        }
+    }
 }
 
 impl<K: Send + 'static> Handle<K> {
@@ -164,16 +174,6 @@ impl<K: Send + 'static> Handle<K> {
             self.waker.try_clone()?,
         );
         Ok(())
-    }
-
-    /// Stops the loop and returns its counters.
-    pub fn stop(mut self) -> io::Result<ShellStats> {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.waker.send(&[1]);
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(r)) => r,
-            _ => Err(io::Error::other("shell thread panicked")),
-        }
     }
 }
 
