@@ -97,6 +97,13 @@ impl<K: ConnectionId> Queue<K> {
             }
         }
         self.udp.flush();
+        // Frames for TURN/TCP streams leave now, not at the main loop's
+        // next round (it may be asleep).
+        let mut core = lock(&self.core);
+        for r in &mut core.tcp {
+            r.flush();
+        }
+        drop(core);
         if kept_back {
             let _ = self.waker.send(&[1]);
         }

@@ -147,11 +147,18 @@ impl<K: ConnectionId + Send + 'static> Shell<K> {
     }
 
     /// Drops the stream to `server` (if any) and its relay in the node.
+    /// The allocation's release leaves through the old stream while it is
+    /// still listed (a lost stream drops it), never over UDP.
     fn retire_tcp_relay(&mut self, core: &mut Core<K>, now: Instant, server: SocketAddr) {
+        if !core.tcp.iter().any(|r| r.server() == server) {
+            return;
+        }
+        core.node.remove_relay(now, server);
+        self.flush_transmits(core);
         if let Some(i) = core.tcp.iter().position(|r| r.server() == server) {
-            let r = core.tcp.swap_remove(i);
+            let mut r = core.tcp.swap_remove(i);
+            r.flush();
             self.stats.tcp_relay_dropped += r.dropped;
-            core.node.remove_relay(now, server);
         }
     }
 
@@ -182,8 +189,6 @@ impl<K: ConnectionId + Send + 'static> Shell<K> {
         while let Some(i) = core.tcp.iter().position(|r| r.dead) {
             let config = core.tcp[i].config.clone();
             self.retire_tcp_relay(&mut core, now, config.server);
-            // The release the node just queued has nowhere to go.
-            self.flush_transmits(&mut core);
             self.reconnect(config.backoff, config);
         }
     }

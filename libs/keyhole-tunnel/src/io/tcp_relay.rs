@@ -68,28 +68,17 @@ impl TcpRelay {
         self.pending_start < self.pending.len()
     }
 
-    /// Queues one whole frame; dropped (counted) when too much is waiting.
+    /// Queues one whole frame for the next [`TcpRelay::flush`] (the loop
+    /// flushes once per round, so a batch of frames is one write);
+    /// dropped (counted) when too much is waiting.
     pub(crate) fn send(&mut self, frame: &[u8]) {
-        if self.dead {
+        if self.dead || self.pending.len() - self.pending_start + frame.len() > MAX_PENDING {
             self.dropped += 1;
             return;
         }
-        if !self.wants_write() {
-            self.pending.clear();
+        if self.pending_start > 0 && self.pending_start >= self.pending.len() / 2 {
+            self.pending.drain(..self.pending_start);
             self.pending_start = 0;
-            match self.stream.write(frame) {
-                Ok(n) if n == frame.len() => return,
-                Ok(n) => {
-                    self.pending.extend_from_slice(&frame[n..]);
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return self.fail(&e),
-            }
-        }
-        if self.pending.len() - self.pending_start + frame.len() > MAX_PENDING {
-            self.dropped += 1;
-            return;
         }
         self.pending.extend_from_slice(frame);
     }
@@ -101,8 +90,13 @@ impl TcpRelay {
                 Ok(0) => self.fail(&io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.pending_start += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => self.fail(&e),
             }
+        }
+        if !self.wants_write() {
+            self.pending.clear();
+            self.pending_start = 0;
         }
     }
 
