@@ -77,6 +77,10 @@ impl<K: ConnectionId + Send + 'static> Shell<K> {
         let shared = self.core.clone();
         let mut iterations = 0usize;
         let mut now = Instant::now();
+        // The node's next timeout, re-armed after it fires and at every
+        // yield: asking the node scans all its connections, too much for
+        // every round of a busy loop (whose `now` only moves at yields).
+        let mut deadline = lock(&shared).node.poll_timeout();
         while !self.stop.load(Ordering::Relaxed) {
             let events_blocked = {
                 let mut core = lock(&shared);
@@ -84,9 +88,10 @@ impl<K: ConnectionId + Send + 'static> Shell<K> {
                 self.flush_transmits(&mut core);
                 let blocked = self.flush_events(&mut core.node);
                 // 2. Due timers.
-                if core.node.poll_timeout().is_some_and(|t| t <= now) {
+                if deadline.is_some_and(|t| t <= now) {
                     core.node.handle_timeout(now);
                     self.flush_transmits(&mut core);
+                    deadline = core.node.poll_timeout();
                 }
                 blocked
             };
@@ -105,9 +110,10 @@ impl<K: ConnectionId + Send + 'static> Shell<K> {
                 self.stats.yields += 1;
                 now = Instant::now();
                 self.run_commands(now);
+                deadline = lock(&shared).node.poll_timeout();
             }
             if idle {
-                self.wait(now, events_blocked)?;
+                self.wait(now, deadline, events_blocked)?;
                 now = Instant::now();
             }
         }
@@ -319,27 +325,28 @@ impl<K: ConnectionId + Send + 'static> Shell<K> {
 
     /// Sleeps until a socket is readable, a command arrives or the node's
     /// next timeout.
-    fn wait(&mut self, now: Instant, events_blocked: bool) -> io::Result<()> {
+    fn wait(
+        &mut self,
+        now: Instant,
+        deadline: Option<Instant>,
+        events_blocked: bool,
+    ) -> io::Result<()> {
         let mut fds = vec![
             pollfd(self.udp.fd()),
             pollfd(self.tun.dev.as_raw_fd()),
             pollfd(self.wake_rx.as_raw_fd()),
         ];
-        let mut timeout = {
-            let mut core = lock(&self.core);
-            for r in &core.tcp {
-                let mut p = pollfd(r.fd());
-                if r.wants_write() {
-                    p.events |= libc::POLLOUT;
-                }
-                fds.push(p);
+        for r in &lock(&self.core).tcp {
+            let mut p = pollfd(r.fd());
+            if r.wants_write() {
+                p.events |= libc::POLLOUT;
             }
-            core.node
-                .poll_timeout()
-                .map(|t| t.saturating_duration_since(now))
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1))
-        };
+            fds.push(p);
+        }
+        let mut timeout = deadline
+            .map(|t| t.saturating_duration_since(now))
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
         if events_blocked {
             // Retry handing events over soon.
             timeout = timeout.min(Duration::from_millis(10));
