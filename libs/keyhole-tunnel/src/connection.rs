@@ -29,6 +29,9 @@ pub(crate) struct Shared<K> {
     pub(crate) events: VecDeque<Event<K>>,
     pub(crate) stats: Stats,
     pub(crate) scratch: Vec<u8>,
+    /// A connection lost a relayed path: the node asks its relays whether
+    /// their allocations still exist.
+    pub(crate) relayed_path_lost: bool,
 }
 
 impl<K: Clone> Shared<K> {
@@ -219,7 +222,8 @@ impl Connection {
                 });
             }
             self.flush(id, out);
-        } else if self.reported.take().is_some() {
+        } else if let Some(was) = self.reported.take() {
+            out.relayed_path_lost |= was.kind == PathKind::Relayed;
             out.events
                 .push_back(Event::ConnectionDown { conn: id.clone() });
             self.fail_at = Some(now + out.config.failure_timeout);

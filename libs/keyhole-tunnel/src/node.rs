@@ -104,6 +104,7 @@ impl<K: ConnectionId> Node<K> {
                 events: VecDeque::new(),
                 stats: Stats::default(),
                 scratch: vec![0; SCRATCH_LEN],
+                relayed_path_lost: false,
             },
         }
     }
@@ -924,6 +925,11 @@ impl<K: ConnectionId> Node<K> {
         }
         for id in restart {
             self.restart_ice(now, &id);
+        }
+        if std::mem::take(&mut self.shared.relayed_path_lost) {
+            for r in &mut self.relays {
+                r.client.check_allocation(now);
+            }
         }
         for id in failed {
             if self.remove_connection(&id) {

@@ -202,6 +202,26 @@ fn relay_restart_reallocates_and_reconnects() {
 }
 
 #[test]
+fn relay_restart_is_noticed_when_the_relayed_path_dies() {
+    // Losing the relayed path makes the clients ask the relay about their
+    // allocations at once (437 after the restart) instead of at the next
+    // refresh five minutes later: the connection is back within a minute
+    // of going down.
+    let mut s = relayed_up(73, |c| c.failure_timeout = SECS(900));
+    s.restart_relay();
+    assert!(s.run_until(SECS(120), |s| !s.is_up(CLIENT)));
+    assert!(
+        s.run_until(SECS(60), Sim::both_up),
+        "{}\n{}",
+        s.timeline(CLIENT),
+        s.timeline(GATEWAY)
+    );
+    assert_eq!(path_kind(&s, CLIENT), Some(PathKind::Relayed));
+    let (a, b) = exchange(&mut s, 0, 5);
+    assert_eq!((a.len(), b.len()), (5, 5));
+}
+
+#[test]
 fn relay_gone_for_good_fails_the_connection() {
     let mut s = relayed_up(72, |c| c.failure_timeout = SECS(30));
     s.relay_down = true;

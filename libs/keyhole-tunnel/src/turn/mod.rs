@@ -719,6 +719,29 @@ impl Client {
         [tx, state, installs].into_iter().flatten().min()
     }
 
+    /// Asks the relay now, not at half the lifetime, whether the
+    /// allocation still exists: a path through it died, and a relay that
+    /// restarted answers the Refresh with 437, after which the client
+    /// allocates again (and the owner gets a fresh relayed address).
+    pub fn check_allocation(&mut self, now: Instant) {
+        let refreshing = self
+            .transactions
+            .values()
+            .any(|t| matches!(t.request, Request::Refresh { .. }));
+        if let State::Allocated {
+            relayed,
+            refresh_at,
+        } = self.state
+            && refresh_at > now
+            && !refreshing
+        {
+            self.state = State::Allocated {
+                relayed,
+                refresh_at: now,
+            };
+        }
+    }
+
     pub fn handle_timeout(&mut self, now: Instant) {
         // Retransmissions, and requests that got no answer.
         let mut expired = Vec::new();
