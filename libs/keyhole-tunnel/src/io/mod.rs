@@ -219,31 +219,41 @@ pub fn spawn_multi<K: ConnectionId + Send + 'static>(
         node,
         tcp: Vec::new(),
     }));
-    let mut queues = Vec::new();
+    // Everything that can fail comes before the first thread starts.
+    let mut workers = Vec::new();
     let mut writers = Vec::new();
-    for (i, dev) in tuns.enumerate() {
+    for dev in tuns {
         let dev = Arc::new(dev);
         writers.push(Tun::new(dev.clone(), config.tun_write_batch)?);
-        let worker = queue::Queue::new(
+        workers.push(queue::Queue::new(
             core.clone(),
             Udp::new(udp.try_clone()?, 1)?,
             Tun::new(dev, 1)?,
             stop.clone(),
             waker.try_clone()?,
             config.tun_batch,
-        );
-        queues.push(
-            std::thread::Builder::new()
-                .name(format!("keyhole-tun-q{}", i + 1))
-                .spawn(move || worker.run())?,
-        );
+        ));
     }
     let udp = Udp::new(udp, config.udp_batch)?;
     let tun = Tun::new(Arc::new(tun), config.tun_write_batch)?;
+    let connector = (commands.clone(), waker.try_clone()?);
+    let mut queues = Vec::new();
+    for (i, worker) in workers.into_iter().enumerate() {
+        let spawned = std::thread::Builder::new()
+            .name(format!("keyhole-tun-q{}", i + 1))
+            .spawn(move || worker.run());
+        match spawned {
+            Ok(t) => queues.push(t),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+    }
     let mut shell = Shell {
         core,
         udp,
-        connector: (commands.clone(), waker.try_clone()?),
+        connector,
         config,
         commands: command_rx,
         events: event_tx,
@@ -263,7 +273,8 @@ pub fn spawn_multi<K: ConnectionId + Send + 'static>(
     };
     let thread = std::thread::Builder::new()
         .name("keyhole-tunnel".into())
-        .spawn(move || shell.run())?;
+        .spawn(move || shell.run())
+        .inspect_err(|_| stop.store(true, Ordering::Relaxed))?;
     Ok(Handle {
         commands,
         waker,
