@@ -191,3 +191,99 @@ pub(crate) fn connect_in_background<M: Send + 'static>(
         tracing::warn!(%e, "cannot start the TURN/TCP connector");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    use keyhole_stun::ChannelData;
+
+    use super::*;
+
+    fn frame(channel: u16, data: &[u8]) -> Vec<u8> {
+        ChannelData { channel, data }.encode(true).unwrap()
+    }
+
+    /// A relay stream to a local listener, and the listener's side of it.
+    fn pair() -> (TcpRelay, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        let stream = TcpStream::connect(server).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        let config = TurnConfig::new(server, "u".into(), "p".into());
+        (TcpRelay::new(stream, config).unwrap(), peer)
+    }
+
+    /// Frames read until `want` arrived, the stream died or `wait` passed.
+    fn recv_until(
+        relay: &mut TcpRelay,
+        want: usize,
+        wait: Duration,
+    ) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + wait;
+        while got.len() < want && Instant::now() < deadline && !relay.dead {
+            relay.recv(|l, f, d| got.push((l, f, d.to_vec())));
+        }
+        got
+    }
+
+    #[test]
+    fn frames_go_out_in_one_write_and_come_back_whole() {
+        let (mut relay, mut peer) = pair();
+        let (a, b) = (frame(0x4001, b"hello"), frame(0x4002, b"tunnel!"));
+        relay.send(&a);
+        relay.send(&b);
+        assert!(relay.wants_write(), "queued until the flush");
+        relay.flush();
+        assert!(!relay.wants_write());
+        let mut out = vec![0; a.len() + b.len()];
+        peer.read_exact(&mut out).unwrap();
+        assert_eq!(out, [a.clone(), b.clone()].concat());
+
+        // The relay's answer arrives cut in odd places.
+        let stream = [b.clone(), a.clone()].concat();
+        peer.write_all(&stream[..3]).unwrap();
+        peer.flush().unwrap();
+        assert!(recv_until(&mut relay, 1, Duration::from_millis(50)).is_empty());
+        peer.write_all(&stream[3..]).unwrap();
+        let got = recv_until(&mut relay, 2, Duration::from_secs(5));
+        let server = relay.server();
+        assert_eq!(
+            got,
+            vec![(relay.local, server, b), (relay.local, server, a)],
+            "frames, tagged as datagrams from the relay"
+        );
+    }
+
+    #[test]
+    fn a_full_stream_drops_frames_instead_of_growing() {
+        let (mut relay, _peer) = pair();
+        let f = frame(0x4001, &[7; 1200]);
+        // The peer never reads: the socket buffers fill, then the queue.
+        for _ in 0..(MAX_PENDING / f.len()) * 8 {
+            relay.send(&f);
+            relay.flush();
+        }
+        assert!(relay.dropped > 0);
+        assert!(relay.pending.len() - relay.pending_start <= MAX_PENDING);
+        assert!(!relay.dead);
+    }
+
+    #[test]
+    fn a_closed_or_garbled_stream_is_dead() {
+        let (mut relay, peer) = pair();
+        drop(peer);
+        assert!(recv_until(&mut relay, 1, Duration::from_secs(5)).is_empty());
+        assert!(relay.dead);
+        relay.send(&frame(0x4001, b"x"));
+        assert_eq!(relay.dropped, 1);
+
+        let (mut relay, mut peer) = pair();
+        // A TLS ClientHello is neither STUN nor ChannelData.
+        peer.write_all(&[0x16, 3, 1, 0, 0xF4, 1, 0, 0]).unwrap();
+        assert!(recv_until(&mut relay, 1, Duration::from_secs(5)).is_empty());
+        assert!(relay.dead);
+    }
+}
