@@ -21,6 +21,7 @@
 //! batch: crypto is serialised, the syscalls of the threads overlap.
 
 mod device;
+mod gro;
 mod queue;
 mod shell;
 mod steer;

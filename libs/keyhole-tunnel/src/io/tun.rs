@@ -10,7 +10,9 @@
 use std::io;
 use std::sync::Arc;
 
-use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
+
+use super::gro::Coalescer;
 
 /// Largest packet the kernel hands us in one read (a GSO super-packet).
 const MAX_READ: usize = 65_536;
@@ -34,7 +36,7 @@ pub(crate) struct Tun {
     /// `VIRTIO_NET_HDR_LEN` bytes of room for the header.
     out: Vec<Vec<u8>>,
     out_len: usize,
-    gro: GROTable,
+    gro: Coalescer,
     pub(crate) written: u64,
     pub(crate) write_errors: u64,
     pub(crate) read_errors: u64,
@@ -62,8 +64,8 @@ impl Tun {
             segments: (0..segments).map(|_| vec![0; segment_len]).collect(),
             sizes: vec![0; segments],
             got: 0,
-            // tun-rs coalesces a flow's packets into the first one's
-            // buffer only when its capacity already holds 64 KiB.
+            // A flow's packets are coalesced into the first one's buffer:
+            // room for 64 KiB up front, so it never reallocates.
             out: (0..write_batch.max(1))
                 .map(|_| {
                     if offload {
@@ -74,7 +76,7 @@ impl Tun {
                 })
                 .collect(),
             out_len: 0,
-            gro: GROTable::default(),
+            gro: Coalescer::default(),
             written: 0,
             write_errors: 0,
             read_errors: 0,
@@ -165,16 +167,17 @@ impl Tun {
         let batch = &mut self.out[..self.out_len];
         let n = batch.len() as u64;
         if self.offload {
-            match self
-                .dev
-                .send_multiple(&mut self.gro, batch, VIRTIO_NET_HDR_LEN)
-            {
-                Ok(_) => self.written += n,
-                Err(e) => {
-                    self.write_errors += 1;
-                    tracing::debug!(%e, "TUN write failed");
+            self.gro.run(batch);
+            for &i in &self.gro.order {
+                match self.dev.send(&batch[i]) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.write_errors += 1;
+                        tracing::debug!(%e, "TUN write failed");
+                    }
                 }
             }
+            self.written += n;
         } else {
             for buf in batch.iter() {
                 match self.dev.send(&buf[VIRTIO_NET_HDR_LEN..]) {
