@@ -4,21 +4,25 @@
 //! 1. flush local buffers: queued datagrams (`poll_transmit`) and events
 //!    (to a bounded channel; when it is full the event waits, never lost);
 //! 2. due timers (`handle_timeout`);
-//! 3. UDP in: one recvmmsg batch (GRO super-datagrams split), decrypted
-//!    packets written to TUN;
-//! 4. TUN in: up to `tun_batch` packets, encrypted datagrams coalesced into
-//!    GSO sends.
+//! 3. UDP in: one recvmmsg batch (GRO super-datagrams split), then the
+//!    TURN/TCP streams; decrypted packets are coalesced per TCP flow and
+//!    written to TUN once per batch;
+//! 4. TUN in: up to `tun_batch` packets (GSO super-packets split),
+//!    encrypted datagrams coalesced into GSO sends.
 //!
 //! Every `yield_every` iterations of continuous work, and whenever idle,
-//! the loop runs the owner's commands (closures over the node) and re-reads
-//! the clock. Idle waits are one `poll(2)` on UDP, TUN and a waker socket,
-//! bounded by the node's next timeout.
+//! the loop runs the owner's commands (closures over the node), re-reads
+//! the clock and re-arms the node's timer. Idle waits are one `poll(2)` on
+//! UDP, TUN, the TURN/TCP streams and a waker socket, bounded by the
+//! node's next timeout.
 //!
 //! With a multi-queue TUN ([`spawn_multi`], [`create_tun`] with `queues`)
 //! every further queue gets a thread of its own that reads it and sends
-//! what the node encrypts (the kernel spreads flows over queues by hash,
-//! so one flow stays in order). The node sits behind one mutex, taken per
-//! batch: crypto is serialised, the syscalls of the threads overlap.
+//! what the node encrypts. Decrypted packets are written on the queue of
+//! their flow (a symmetric hash), which is where Linux then delivers the
+//! flow's outgoing packets, so a flow stays on one queue and in order. The
+//! node sits behind one mutex, taken per batch: crypto is serialised, the
+//! syscalls of the threads overlap.
 
 mod device;
 mod gro;
