@@ -377,6 +377,7 @@ async fn run_client(
             ClientToPortal::RequestFlow(RequestFlow {
                 resource_id: resource,
                 connected_gateway_ids: vec![],
+                dns: vec![],
             }),
         )
         .encode()

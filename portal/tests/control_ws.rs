@@ -184,6 +184,7 @@ async fn scenario(portal: Portal) {
         ClientToPortal::RequestFlow(RequestFlow {
             resource_id: r.id,
             connected_gateway_ids: vec![],
+            dns: vec![],
         })
     };
     send(&mut cl, &request(1, rf(&wiki))).await;

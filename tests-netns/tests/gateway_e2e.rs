@@ -292,6 +292,7 @@ fn gateway_forwards_only_authorised_flows_and_revocation_cuts_them() {
         client_ice: creds(CLIENT_ICE),
         gateway_ice: creds(GATEWAY_ICE),
         expires_at: now() + chrono::TimeDelta::seconds(300),
+        dns: vec![],
     }));
     let reply = portal.expect(Duration::from_secs(10), "flow_authorized", |e| {
         matches!(e.message, GatewayToPortal::FlowAuthorized(_))
@@ -368,6 +369,7 @@ fn gateway_forwards_only_authorised_flows_and_revocation_cuts_them() {
         client_ice: creds(CLIENT_ICE),
         gateway_ice: creds(GATEWAY_ICE),
         expires_at: now() + chrono::TimeDelta::seconds(12),
+        dns: vec![],
     }));
     portal.expect(
         Duration::from_secs(10),

@@ -271,6 +271,7 @@ fn real_portal_gateway_and_client_forward_only_what_policy_allows() {
         ClientToPortal::RequestFlow(RequestFlow {
             resource_id: r_ok.parse::<ResourceId>().unwrap(),
             connected_gateway_ids: vec![],
+            dns: vec![],
         }),
     ));
     let created = cws.expect(Duration::from_secs(10), "flow_created", |e| {
@@ -345,6 +346,7 @@ fn real_portal_gateway_and_client_forward_only_what_policy_allows() {
         ClientToPortal::RequestFlow(RequestFlow {
             resource_id: r_other.parse::<ResourceId>().unwrap(),
             connected_gateway_ids: vec![flow.gateway_id],
+            dns: vec![],
         }),
     ));
     let start = Instant::now();

@@ -62,6 +62,7 @@ fn authorize(
             client_ice: ice('c'),
             gateway_ice: ice('g'),
             expires_at: t(expires),
+            dns: vec![],
         }),
     )
 }

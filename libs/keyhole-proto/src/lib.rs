@@ -13,6 +13,7 @@
 //! - enums are snake_case strings, tagged objects use a `kind` field.
 
 pub mod dns;
+pub mod dns_proxy;
 pub mod envelope;
 pub mod ice;
 pub mod ids;
@@ -23,6 +24,7 @@ pub mod tunnel;
 pub mod turn;
 
 pub use dns::{DnsPattern, DnsPatternError, DnsPatternKind};
+pub use dns_proxy::{DnsProxyAssignment, DnsProxyError, check_dns_assignments};
 pub use envelope::{
     CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, CLOSE_PROTOCOL_ERROR, DecodeError, Decoded,
     Envelope, MAX_FRAME_BYTES, Message, PROTOCOL_VERSION, PayloadError, RequestId, decode,

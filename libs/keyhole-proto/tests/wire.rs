@@ -104,6 +104,7 @@ fn authorize_flow() -> AuthorizeFlow {
         client_ice: ice("c"),
         gateway_ice: ice("g"),
         expires_at: t("2026-05-20T17:00:00Z"),
+        dns: vec![],
     }
 }
 
@@ -226,6 +227,7 @@ fn client_to_portal() -> Vec<ClientToPortal> {
         ClientToPortal::RequestFlow(RequestFlow {
             resource_id: ResourceId::from_u128(1),
             connected_gateway_ids: vec![GatewayId::from_u128(4)],
+            dns: vec![],
         }),
         ClientToPortal::IceCandidates(gateway_candidates()),
         ClientToPortal::InvalidateIceCandidates(gateway_candidates()),
@@ -306,6 +308,7 @@ fn golden_request_flow() {
             ClientToPortal::RequestFlow(RequestFlow {
                 resource_id: ResourceId::from_u128(1),
                 connected_gateway_ids: vec![GatewayId::from_u128(4)],
+                dns: vec![],
             }),
         ),
         r#"{"v":1,"type":"request_flow","id":7,"payload":{

@@ -7,8 +7,8 @@ use super::{
     ErrorReply, GatewayCandidates, RelaysPresence, ResourceChange, ResourceDeleted, Revoke,
 };
 use crate::{
-    ClientId, FlowId, GatewayId, IceCredentials, PresharedKey, PublicKey, RelayInfo, Resource,
-    ResourceId, SiteId, TunnelAddresses, envelope::messages,
+    ClientId, DnsProxyAssignment, FlowId, GatewayId, IceCredentials, PresharedKey, PublicKey,
+    RelayInfo, Resource, ResourceId, SiteId, TunnelAddresses, envelope::messages,
 };
 
 /// First frame on a client connection.
@@ -31,6 +31,11 @@ pub struct RequestFlow {
     /// Gateways the client already has tunnels to; the portal prefers them.
     #[serde(default)]
     pub connected_gateway_ids: Vec<GatewayId>,
+    /// DNS resources only: the proxy IPs the client answered with, per
+    /// name. A new name under the resource is a new request carrying the
+    /// whole set; the gateway replaces what it had for this client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<DnsProxyAssignment>,
 }
 
 /// Reply to `request_flow`: the gateway to connect to and how.

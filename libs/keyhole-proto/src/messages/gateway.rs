@@ -7,8 +7,8 @@ use super::{
     ClientCandidates, ErrorReply, RelaysPresence, ResourceChange, ResourceDeleted, Revoke,
 };
 use crate::{
-    ClientId, FlowId, GatewayId, IceCredentials, PresharedKey, PublicKey, RelayInfo, Resource,
-    SiteId, TunnelAddresses, envelope::messages,
+    ClientId, DnsProxyAssignment, FlowId, GatewayId, IceCredentials, PresharedKey, PublicKey,
+    RelayInfo, Resource, SiteId, TunnelAddresses, envelope::messages,
 };
 
 /// First frame on a gateway connection.
@@ -38,6 +38,12 @@ pub struct AuthorizeFlow {
     pub client_ice: IceCredentials,
     pub gateway_ice: IceCredentials,
     pub expires_at: DateTime<Utc>,
+    /// DNS resources only: proxy IP ↔ name assignments of this client. The
+    /// gateway resolves each name and translates proxy ↔ real addresses for
+    /// this client; a later `authorize_flow` for the same client and
+    /// resource replaces the set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<DnsProxyAssignment>,
 }
 
 /// Reply to `authorize_flow`.

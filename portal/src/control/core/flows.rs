@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use keyhole_proto::{
-    ClientId, Envelope, FlowId, GatewayId, RequestId,
+    ClientId, Envelope, FlowId, GatewayId, RequestId, ResourceAddress, check_dns_assignments,
     messages::{
         AuthorizeFlow, ErrorCode, ErrorReply, FlowCreated, FlowFailReason, FlowFailed,
         PortalToClient, PortalToGateway, RequestFlow, Revoke, RevokeTarget,
@@ -59,6 +59,28 @@ impl ControlCore {
             token_id: session.token_id,
             token_expiry: session.token_expiry,
         };
+        // Proxy IPs only make sense under the resource's own DNS pattern;
+        // anything else is a client bug, answered before any work is done.
+        let pattern = match self.snapshot.resource(ctx.resource_id).map(|r| &r.address) {
+            Some(ResourceAddress::Dns { pattern }) => Some(pattern),
+            _ => None,
+        };
+        if let Err(e) = check_dns_assignments(pattern, &request.dns) {
+            if let Some(session) = self.clients.get_mut(&client) {
+                session.in_progress.remove(&id);
+            }
+            self.push(
+                conn,
+                Outbound::Client(Envelope::reply(
+                    id,
+                    PortalToClient::Error(ErrorReply {
+                        code: ErrorCode::BadRequest,
+                        message: e.to_string(),
+                    }),
+                )),
+            );
+            return;
+        }
         let (policy_id, expires_at) = match self.evaluate(now, &ctx) {
             Ok(grant) => grant,
             Err(reason) => {
@@ -92,6 +114,7 @@ impl ControlCore {
             preshared_key: self.random_psk(),
             client_ice: self.random_ice(),
             gateway_ice: self.random_ice(),
+            dns: request.dns,
         };
         self.start_attempt(now, ctx, expires_at, pending);
     }
@@ -213,6 +236,7 @@ impl ControlCore {
             client_ice: pending.client_ice.clone(),
             gateway_ice: pending.gateway_ice.clone(),
             expires_at,
+            dns: pending.dns.clone(),
         };
         self.push(
             gateway_conn,

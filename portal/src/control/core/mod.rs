@@ -25,8 +25,8 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use keyhole_proto::{
-    ClientId, Envelope, FlowId, GatewayId, IceCredentials, PresharedKey, PublicKey, RequestId,
-    ResourceId, SiteId, TunnelAddresses,
+    ClientId, DnsProxyAssignment, Envelope, FlowId, GatewayId, IceCredentials, PresharedKey,
+    PublicKey, RequestId, ResourceId, SiteId, TunnelAddresses,
     messages::{ErrorCode, ErrorReply, PortalToClient, PortalToGateway, PortalToRelay},
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -128,6 +128,8 @@ struct Pending {
     preshared_key: PresharedKey,
     client_ice: IceCredentials,
     gateway_ice: IceCredentials,
+    /// DNS resources: the client's proxy IP assignments, passed on as is.
+    dns: Vec<DnsProxyAssignment>,
 }
 
 struct Flow {

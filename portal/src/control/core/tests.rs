@@ -126,6 +126,7 @@ fn request(core: &mut ControlCore, now: DateTime<Utc>, id: u64) {
             ClientToPortal::RequestFlow(RequestFlow {
                 resource_id: RES,
                 connected_gateway_ids: vec![],
+                dns: vec![],
             }),
         ),
     );
@@ -370,4 +371,74 @@ fn ice_candidates_only_flow_between_peers_with_a_flow() {
     assert!(
         matches!(&out[..], [Transmit { conn: ConnId(1), msg: Outbound::Gateway(Envelope { message: PortalToGateway::IceCandidates(c), .. }) }] if c.client_id == CLIENT)
     );
+}
+
+fn request_dns(core: &mut ControlCore, id: u64, dns: Vec<DnsProxyAssignment>) {
+    core.client_message(
+        t0(),
+        CLIENT_CONN,
+        Envelope::request(
+            RequestId(id),
+            ClientToPortal::RequestFlow(RequestFlow {
+                resource_id: RES,
+                connected_gateway_ids: vec![],
+                dns,
+            }),
+        ),
+    );
+}
+
+fn wiki(ip: &str) -> Vec<DnsProxyAssignment> {
+    vec![DnsProxyAssignment {
+        name: "docs.wiki.corp".into(),
+        proxy_ips: vec![ip.parse().unwrap()],
+    }]
+}
+
+#[test]
+fn proxy_ips_for_a_non_dns_resource_are_a_bad_request_and_nothing_is_asked() {
+    let mut core = core_with(ControlConfig::default(), &[GW_A]);
+    request_dns(&mut core, 1, wiki("100.96.0.1"));
+    let out = drain(&mut core);
+    let answer = client_msgs(&out);
+    assert_eq!(answer.len(), 1, "{out:?}");
+    assert_eq!(answer[0].reply_to, Some(RequestId(1)));
+    assert!(
+        matches!(&answer[0].message, PortalToClient::Error(e) if e.code == ErrorCode::BadRequest),
+        "{answer:?}"
+    );
+    assert_eq!(core.live_flows(), 0);
+    assert!(out.iter().all(|t| !matches!(t.msg, Outbound::Gateway(_))));
+}
+
+#[test]
+fn proxy_ips_under_the_pattern_reach_the_gateway_and_outside_it_do_not() {
+    let mut core = core_with(ControlConfig::default(), &[GW_A]);
+    let mut r = core.snapshot.resource(RES).cloned().unwrap();
+    r.address = ResourceAddress::Dns {
+        pattern: keyhole_proto::DnsPattern::parse("**.wiki.corp").unwrap(),
+    };
+    core.snapshot.upsert_resource(r);
+
+    let outside = vec![DnsProxyAssignment {
+        name: "evil.example".into(),
+        proxy_ips: vec!["100.96.0.9".parse().unwrap()],
+    }];
+    request_dns(&mut core, 1, outside);
+    let out = drain(&mut core);
+    assert!(out.iter().all(|t| !matches!(t.msg, Outbound::Gateway(_))));
+
+    request_dns(&mut core, 2, wiki("100.96.0.1"));
+    let out = drain(&mut core);
+    let sent: Vec<_> = out
+        .iter()
+        .filter_map(|t| match &t.msg {
+            Outbound::Gateway(Envelope {
+                message: PortalToGateway::AuthorizeFlow(a),
+                ..
+            }) => Some(a.dns.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, vec![wiki("100.96.0.1")]);
 }
