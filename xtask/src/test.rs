@@ -23,6 +23,7 @@ pub fn run_cmd(args: TestArgs) -> anyhow::Result<()> {
     let mut phases = Phases::default();
     let result = (|| {
         phases.time("setup", crate::setup::run)?;
+        warn_if_disk_low();
         if !args.no_lint {
             phases.time("fmt", || run(cargo().args(["fmt", "--all", "--check"])))?;
         }
@@ -75,4 +76,22 @@ pub fn run_cmd(args: TestArgs) -> anyhow::Result<()> {
     })();
     eprint!("{}", phases.summary());
     result
+}
+
+/// A clean build with tests, release examples, clippy and fuzzing needs
+/// about 20 GiB; running out mid-link shows up as a linker crash, so say it
+/// plainly up front.
+fn warn_if_disk_low() {
+    const NEEDED_GIB: u64 = 20;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a zeroed struct the call fills.
+    if unsafe { libc::statvfs(c".".as_ptr(), &mut st) } != 0 {
+        return;
+    }
+    let free_gib = (st.f_bavail as u64 * st.f_frsize as u64) >> 30;
+    if free_gib < NEEDED_GIB {
+        eprintln!(
+            "warning: {free_gib} GiB free on this file system; a clean `cargo xtask test` needs about {NEEDED_GIB} GiB"
+        );
+    }
 }
