@@ -89,6 +89,13 @@ pub struct Status {
     pub tunnel_ipv6: Option<String>,
     pub resources: Vec<ResourceStatus>,
     pub connections: Vec<ConnectionStatus>,
+    /// Filled in by the shell: the TUN and its byte counters.
+    #[serde(default)]
+    pub tun: Option<String>,
+    #[serde(default)]
+    pub tun_rx_bytes: Option<u64>,
+    #[serde(default)]
+    pub tun_tx_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -109,6 +116,9 @@ pub struct ConnectionStatus {
     pub remote: Option<String>,
     pub up_since: Option<String>,
     pub setup_ms: Option<u128>,
+    /// Filled in by the shell from the tunnel core.
+    #[serde(default)]
+    pub wireguard_established: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -493,6 +503,7 @@ impl Control {
                 remote: g.up.as_ref().map(|(_, r)| r.clone()),
                 up_since: g.up_since.map(|t| t.to_rfc3339()),
                 setup_ms: g.setup_latency.map(|d| d.as_millis()),
+                wireguard_established: None,
             })
             .collect();
         connections.sort_by(|a, b| a.gateway_id.cmp(&b.gateway_id));
@@ -503,6 +514,7 @@ impl Control {
             tunnel_ipv6: self.tunnel.map(|t| t.ipv6.to_string()),
             resources,
             connections,
+            ..Status::default()
         }
     }
 }

@@ -1,5 +1,226 @@
 //! `keyhole`: the Keyhole client CLI.
 
+mod backoff;
 mod control;
+mod dirs;
+mod ipc;
+mod keys;
+mod platform;
+#[cfg(target_os = "linux")]
+mod up;
 
-fn main() {}
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::control::Status;
+
+/// Keyhole client: reach the resources your organisation publishes.
+#[derive(Parser)]
+#[command(name = "keyhole", version)]
+struct Args {
+    /// Where the device key lives [default: /var/lib/keyhole as root,
+    /// else $XDG_STATE_HOME/keyhole].
+    #[arg(long, env = "KEYHOLE_STATE_DIR", global = true)]
+    state_dir: Option<PathBuf>,
+    /// Where the status socket and the crash record live [default:
+    /// /run/keyhole as root, else $XDG_RUNTIME_DIR/keyhole].
+    #[arg(long, env = "KEYHOLE_RUNTIME_DIR", global = true)]
+    runtime_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring the tunnel up (foreground).
+    Up {
+        /// Portal URL (http://, https://, ws:// or wss://).
+        #[arg(long, env = "KEYHOLE_PORTAL_URL")]
+        portal_url: String,
+        /// Service-account token.
+        #[arg(long, env = "KEYHOLE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// TUN interface name.
+        #[arg(long, env = "KEYHOLE_TUN_NAME", default_value = "keyhole0")]
+        tun_name: String,
+        /// UDP port for WireGuard and ICE (0: any).
+        #[arg(long, default_value_t = 0)]
+        listen_port: u16,
+        /// Device name shown to admins [default: host name].
+        #[arg(long)]
+        name: Option<String>,
+        /// Offer only these addresses as ICE host candidates.
+        #[arg(long)]
+        advertise: Vec<IpAddr>,
+    },
+    /// Stop the running `keyhole up` (or clean up after a killed one).
+    Down {
+        /// TUN to remove if no record of it is left.
+        #[arg(long, env = "KEYHOLE_TUN_NAME", default_value = "keyhole0")]
+        tun_name: String,
+    },
+    /// Show resources and connections.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the resources this device may reach.
+    Resources {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let state_dir = args.state_dir.unwrap_or_else(dirs::default_state_dir);
+    let runtime_dir = args.runtime_dir.unwrap_or_else(dirs::default_runtime_dir);
+    match args.command {
+        Command::Up {
+            portal_url,
+            token,
+            tun_name,
+            listen_port,
+            name,
+            advertise,
+        } => {
+            #[cfg(target_os = "linux")]
+            {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                rt.block_on(up::run(up::UpArgs {
+                    portal_url,
+                    token,
+                    state_dir,
+                    runtime_dir,
+                    tun: tun_name,
+                    listen_port,
+                    name,
+                    advertise,
+                }))
+            }
+            #[cfg(not(target_os = "linux"))]
+            {
+                let _ = (portal_url, token, tun_name, listen_port, name, advertise);
+                let _ = (state_dir, runtime_dir);
+                bail!("`keyhole up` is only implemented on Linux so far")
+            }
+        }
+        Command::Down { tun_name } => down(&runtime_dir, &tun_name),
+        Command::Status { json } => {
+            let s = status(&runtime_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_status(&s);
+            }
+            Ok(())
+        }
+        Command::Resources { json } => {
+            let s = status(&runtime_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s.resources)?);
+            } else {
+                print_resources(&s);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn status(runtime: &Path) -> Result<Status> {
+    let answer = ipc::request(runtime, "status")?;
+    serde_json::from_str(&answer).with_context(|| format!("unexpected answer: {answer:?}"))
+}
+
+fn down(runtime: &Path, tun: &str) -> Result<()> {
+    match ipc::request(runtime, "down") {
+        Ok(_) => {
+            // The running `up` removes its record last, after the TUN.
+            let start = Instant::now();
+            while ipc::Record::read(runtime).is_some_and(|r| ipc::alive(r.pid)) {
+                if start.elapsed() > Duration::from_secs(15) {
+                    bail!("`keyhole up` did not stop within 15 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            println!("keyhole is down");
+        }
+        Err(e) => {
+            tracing::debug!(error = %format!("{e:#}"), "no running `keyhole up`");
+            println!("no running `keyhole up`; cleaning up what is left");
+        }
+    }
+    #[cfg(target_os = "linux")]
+    up::clean_stale(runtime, tun)?;
+    #[cfg(not(target_os = "linux"))]
+    let _ = tun;
+    Ok(())
+}
+
+fn print_resources(s: &Status) {
+    if s.resources.is_empty() {
+        println!("no resources");
+    }
+    for r in &s.resources {
+        println!("{:<24} {:<28} {}", r.name, r.address, r.state);
+    }
+}
+
+fn print_status(s: &Status) {
+    println!(
+        "portal: {}",
+        if s.portal_connected {
+            "connected"
+        } else {
+            "disconnected (tunnels keep working)"
+        }
+    );
+    if let (Some(tun), Some(v4)) = (&s.tun, &s.tunnel_ipv4) {
+        println!(
+            "tunnel: {tun} {v4} {}  rx {} B  tx {} B",
+            s.tunnel_ipv6.as_deref().unwrap_or(""),
+            s.tun_rx_bytes.unwrap_or(0),
+            s.tun_tx_bytes.unwrap_or(0)
+        );
+    }
+    println!("\nresources:");
+    print_resources(s);
+    println!("\nconnections:");
+    if s.connections.is_empty() {
+        println!("none");
+    }
+    for c in &s.connections {
+        println!(
+            "gateway {}  path {}{}  flows {}  handshake {}  up since {}  setup {}",
+            c.gateway_id,
+            c.path,
+            c.remote
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+            c.flows,
+            match c.wireguard_established {
+                Some(true) => "done",
+                Some(false) => "pending",
+                None => "?",
+            },
+            c.up_since.as_deref().unwrap_or("-"),
+            c.setup_ms
+                .map(|m| format!("{m} ms"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! Everything the client asks of the operating system besides the TUN
+//! itself, behind one small trait so other platforms can plug in.
+
+use std::net::IpAddr;
+
+use anyhow::Result;
+use ipnet::IpNet;
+use keyhole_proto::TunnelAddresses;
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(not(target_os = "linux"))]
+mod unsupported;
+
+#[cfg(target_os = "linux")]
+pub use linux::Linux as Native;
+#[cfg(not(target_os = "linux"))]
+pub use unsupported::Unsupported as Native;
+
+pub trait Platform {
+    /// Puts the client's tunnel addresses on the TUN and brings it up.
+    fn set_addresses(&mut self, tun: &str, addresses: TunnelAddresses) -> Result<()>;
+    /// Routes `net` into the TUN, from `src` where given.
+    fn add_route(&mut self, tun: &str, net: IpNet, src: Option<IpAddr>) -> Result<()>;
+    fn remove_route(&mut self, tun: &str, net: IpNet) -> Result<()>;
+    /// Removes a TUN left behind by a killed `keyhole up` (its routes go
+    /// with it). Ok if it does not exist.
+    fn remove_tun(&mut self, tun: &str) -> Result<()>;
+    /// Whether the TUN exists.
+    fn tun_exists(&self, tun: &str) -> bool;
+}

@@ -1,0 +1,30 @@
+//! Platforms without a data plane yet: every call says so.
+
+use std::net::IpAddr;
+
+use anyhow::{Result, bail};
+use ipnet::IpNet;
+use keyhole_proto::TunnelAddresses;
+
+use super::Platform;
+
+#[derive(Debug, Default)]
+pub struct Unsupported;
+
+impl Platform for Unsupported {
+    fn set_addresses(&mut self, _: &str, _: TunnelAddresses) -> Result<()> {
+        bail!("tunnel addresses are not implemented on this platform yet")
+    }
+    fn add_route(&mut self, _: &str, _: IpNet, _: Option<IpAddr>) -> Result<()> {
+        bail!("routes are not implemented on this platform yet")
+    }
+    fn remove_route(&mut self, _: &str, _: IpNet) -> Result<()> {
+        bail!("routes are not implemented on this platform yet")
+    }
+    fn remove_tun(&mut self, _: &str) -> Result<()> {
+        Ok(())
+    }
+    fn tun_exists(&self, _: &str) -> bool {
+        false
+    }
+}
