@@ -2,6 +2,7 @@
 //! netns tests share.
 
 pub mod backend;
+pub mod dns;
 pub mod nat;
 pub mod policy;
 pub mod session;

@@ -46,6 +46,15 @@ pub struct Args {
     /// Name shown to admins; default: the host name.
     #[arg(long, env = "KEYHOLE_NAME")]
     pub name: Option<String>,
+    /// bpffs directory where the policy filter's link is pinned, so it
+    /// outlives a crash (fail closed); must be in the host's mount
+    /// namespace. Mounted on /sys/fs/bpf if that is not bpffs yet.
+    #[arg(long, env = "KEYHOLE_PIN_DIR", default_value = keyhole_gateway::policy::DEFAULT_PIN_DIR)]
+    pub pin_dir: std::path::PathBuf,
+    /// DNS server(s) for DNS resources (IP:port, repeatable); default: the
+    /// system's (/etc/resolv.conf).
+    #[arg(long = "dns-server", env = "KEYHOLE_DNS_SERVER", value_delimiter = ',')]
+    pub dns_servers: Vec<std::net::SocketAddr>,
     /// Seconds between heartbeats to the portal.
     #[arg(long, default_value_t = 30)]
     pub heartbeat_secs: u64,

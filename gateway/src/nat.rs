@@ -7,6 +7,7 @@
 //! JSON batches (pure, unit-tested); [`GatewayNat`] applies them through
 //! `nft -j -f -` (the `nftables` crate) and keeps the set of NATed clients.
 
+pub mod dns_rules;
 mod gateway_nat;
 pub mod ruleset;
 

@@ -11,6 +11,7 @@ mod counters;
 mod error;
 mod filter;
 mod keys;
+mod pin;
 mod slots;
 mod table;
 
@@ -19,6 +20,7 @@ pub use counters::{AuthorizationCounters, VerdictCounters};
 pub use error::PolicyError;
 pub use filter::PolicyFilter;
 pub use keyhole_ebpf_common::policy::Verdict;
+pub use pin::DEFAULT_PIN_DIR;
 pub use table::{Change, EntryKey, MapOp, PolicyTable};
 
 /// The compiled eBPF object holding the gateway's programs.

@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use futures_util::{SinkExt as _, StreamExt as _};
 use ipnet::IpNet;
+use keyhole_ebpf_common::policy::DEFAULT_MAX_ENTRIES;
 use keyhole_gateway::backend::{DataPlane, TunnelEvent, UserspaceWg, userspace::client_routes};
+use keyhole_gateway::dns::{Answer, DnsTable, Resolver};
 use keyhole_gateway::nat::{GatewayNat, NatConfig, NftCommand};
 use keyhole_gateway::policy::{AuthorizationId, PolicyFilter};
 use keyhole_gateway::session::{Action, Backoff, FlowInstall, Session, SessionConfig};
@@ -16,7 +18,7 @@ use keyhole_gateway::wg::{BackendKind, InterfaceConfig, KernelWg, PrivateKey, li
 use keyhole_proto::TunnelAddresses;
 use tokio::net::TcpStream;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{
     Message,
@@ -41,6 +43,70 @@ struct Gateway {
     nat: GatewayNat,
     plane: DataPlane,
     rtnl: rtnetlink::Handle,
+    dns: Dns,
+}
+
+/// DNS resources: the sans-IO table, the resolver and lookups in flight.
+struct Dns {
+    table: DnsTable,
+    /// `None` when no resolver could be configured (DNS flows then get no
+    /// translation, so their traffic is dropped).
+    resolver: Option<Resolver>,
+    lookups: JoinSet<(String, Result<Answer, String>)>,
+    /// The table changed since the kernel maps were last written.
+    dirty: bool,
+}
+
+impl Dns {
+    /// Starts the lookups that are due and writes changed translations.
+    fn step(&mut self, nat: &mut GatewayNat) {
+        let now = std::time::Instant::now();
+        for name in self.table.take_due(now) {
+            match &self.resolver {
+                Some(r) => {
+                    let r = r.clone();
+                    self.lookups.spawn(async move {
+                        let answer = r.lookup(&name).await;
+                        (name, answer)
+                    });
+                }
+                None => {
+                    self.table.resolved(&name, Err(()), now);
+                }
+            }
+        }
+        if self.dirty {
+            self.dirty = false;
+            let desired = self.table.desired();
+            if let Err(e) = nat.set_dns(&desired) {
+                tracing::error!(error = %e, "writing DNS translations");
+                // Try again at the next step.
+                self.dirty = true;
+            } else {
+                tracing::debug!(
+                    translations = desired.translations.len(),
+                    "DNS translations written"
+                );
+            }
+        }
+    }
+
+    fn resolved(&mut self, name: String, answer: Result<Answer, String>) {
+        let now = std::time::Instant::now();
+        let result = match answer {
+            Ok(a) => {
+                tracing::debug!(%name, addresses = ?a.addresses, ttl = ?a.ttl, "resolved");
+                Ok(a)
+            }
+            Err(e) => {
+                tracing::warn!(%name, error = %e, "DNS lookup failed");
+                Err(())
+            }
+        };
+        if self.table.resolved(&name, result, now) {
+            self.dirty = true;
+        }
+    }
 }
 
 /// The wall clock (chrono here is built without its `clock` feature).
@@ -69,15 +135,28 @@ pub async fn run(args: Args) -> Result<()> {
             DataPlane::Userspace(UserspaceWg::create(&rtnl, &cfg, &hosts).await?)
         }
     };
-    let filter = PolicyFilter::attach(plane.interface())
+    let filter = PolicyFilter::attach_pinned(plane.interface(), DEFAULT_MAX_ENTRIES, &args.pin_dir)
         .with_context(|| format!("attaching the policy filter to {}", plane.interface()))?;
     let nat = GatewayNat::start(NatConfig::new(plane.interface()), NftCommand::default())
         .context("starting NAT")?;
+    let resolver = match Resolver::new(&args.dns_servers) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "no DNS resolver; DNS resources will not be reachable");
+            None
+        }
+    };
     let mut gw = Gateway {
         filter,
         nat,
         plane,
         rtnl,
+        dns: Dns {
+            table: DnsTable::new(),
+            resolver,
+            lookups: JoinSet::new(),
+            dirty: false,
+        },
     };
     tracing::info!(
         backend = kind.as_str(),
@@ -110,7 +189,13 @@ async fn event_loop(args: &Args, url: &str, gw: &mut Gateway) -> Result<()> {
         let deadline = session
             .poll_timeout()
             .map(|t| Instant::now() + (t - now()).to_std().unwrap_or(Duration::ZERO));
+        let dns_due = gw.dns.table.poll_timeout().map(Instant::from_std);
         tokio::select! {
+            _ = sleep_until(dns_due) => {}
+            Some(r) = gw.dns.lookups.join_next(), if !gw.dns.lookups.is_empty() => match r {
+                Ok((name, answer)) => gw.dns.resolved(name, answer),
+                Err(e) => tracing::error!(error = %e, "DNS lookup task failed"),
+            },
             _ = sigterm.recv() => return Ok(()),
             _ = sigint.recv() => return Ok(()),
             _ = sleep_until(deadline) => session.handle_timeout(now()),
@@ -170,6 +255,7 @@ async fn event_loop(args: &Args, url: &str, gw: &mut Gateway) -> Result<()> {
         while let Some(action) = session.poll_action() {
             execute(action, gw, &mut session, &mut ws).await;
         }
+        gw.dns.step(&mut gw.nat);
         if ws.is_none() && session.is_connected() {
             lost(&mut ws, &mut session, &mut backoff, &mut reconnect_at);
         }
@@ -220,6 +306,12 @@ async fn execute(action: Action, gw: &mut Gateway, session: &mut Session, ws: &m
         }
         Action::InstallFlow(i) => {
             let r = install(gw, &i);
+            if r.is_ok() && !i.dns.is_empty() {
+                gw.dns
+                    .table
+                    .set(i.flow_id, i.nat, i.dns.clone(), std::time::Instant::now());
+                gw.dns.dirty = true;
+            }
             session.flow_installed(i.flow_id, r);
         }
         Action::AddRemoteCandidates {
@@ -235,6 +327,11 @@ async fn execute(action: Action, gw: &mut Gateway, session: &mut Session, ws: &m
             }
         }
         Action::Unauthorize(ids) => unauthorize(gw, &ids),
+        Action::DnsRemove(flow) => {
+            if gw.dns.table.remove(flow) {
+                gw.dns.dirty = true;
+            }
+        }
         Action::NatRelease(t) => log(gw.nat.remove_client(t), "releasing NAT"),
         Action::RemovePeer {
             client_id,

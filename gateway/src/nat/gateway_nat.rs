@@ -9,7 +9,9 @@ use std::{
 use keyhole_proto::TunnelAddresses;
 use nftables::{helper, schema::Nftables};
 
+use super::dns_rules;
 use super::ruleset::{self, NatConfig};
+use crate::dns::Desired;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatError {
@@ -80,6 +82,27 @@ impl NftCommand {
             source,
         })
     }
+
+    /// As `apply`, for a batch built as raw JSON.
+    fn apply_raw(
+        &self,
+        batch: &serde_json::Value,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), NatError> {
+        helper::apply_ruleset_raw(
+            &batch.to_string(),
+            Some(&self.program),
+            self.args
+                .iter()
+                .map(OsString::as_os_str)
+                .collect::<Vec<&OsStr>>(),
+        )
+        .map(drop)
+        .map_err(|source| NatError::Nft {
+            what: what(),
+            source,
+        })
+    }
 }
 
 fn check_ifname(what: &str, name: &str) -> Result<(), NatError> {
@@ -110,6 +133,8 @@ pub struct GatewayNat {
     cfg: NatConfig,
     nft: NftCommand,
     refs: HashMap<IpAddr, u32>,
+    /// The DNS-resource translations in the kernel.
+    dns: Desired,
     stopped: bool,
 }
 
@@ -130,14 +155,19 @@ impl GatewayNat {
         for i in &cfg.out_interfaces {
             check_ifname("out interface", i)?;
         }
-        nft.apply(&ruleset::create(&cfg), || {
-            format!("creating table inet {}", cfg.table)
-        })?;
+        // The NAT part and the DNS-resource part in one transaction.
+        let mut batch = serde_json::to_value(ruleset::create(&cfg))
+            .map_err(|e| NatError::Config(format!("encoding the table: {e}")))?;
+        if let Some(cmds) = batch["nftables"].as_array_mut() {
+            cmds.extend(dns_rules::create(&cfg));
+        }
+        nft.apply_raw(&batch, || format!("creating table inet {}", cfg.table))?;
         tracing::info!(table = %cfg.table, "NAT table created");
         Ok(Self {
             cfg,
             nft,
             refs: HashMap::new(),
+            dns: Desired::default(),
             stopped: false,
         })
     }
@@ -212,6 +242,32 @@ impl GatewayNat {
                 )
             }),
         }
+    }
+
+    /// Makes the DNS-resource maps hold exactly `d`, in one transaction
+    /// (flush and refill: O(entries), atomic). Nothing is sent when `d` is
+    /// what the kernel has.
+    pub fn set_dns(&mut self, d: &Desired) -> Result<(), NatError> {
+        if self.stopped {
+            return Err(NatError::Config("NAT table already removed".into()));
+        }
+        if *d == self.dns {
+            return Ok(());
+        }
+        self.nft.apply_raw(&dns_rules::replace(&self.cfg, d), || {
+            format!(
+                "setting {} DNS translations in table inet {}",
+                d.translations.len(),
+                self.cfg.table
+            )
+        })?;
+        self.dns = d.clone();
+        Ok(())
+    }
+
+    /// The DNS-resource translations in the kernel.
+    pub fn dns(&self) -> &Desired {
+        &self.dns
     }
 
     /// Removes the table. Also done on drop, where errors can only be

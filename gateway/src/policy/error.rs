@@ -46,6 +46,12 @@ pub enum PolicyError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("pinning the policy filter at {path}: {source}")]
+    Pin {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the policy filter object has no {0}")]
     Missing(&'static str),
     #[error(

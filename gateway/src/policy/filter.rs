@@ -4,16 +4,21 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{ProgramInfo, SchedClassifier, TcAttachType},
+    programs::{
+        LinkOrder, ProgramInfo, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+    },
 };
 use keyhole_ebpf_common::policy::{
     AUTH_COUNTERS_MAP, AuthCounter, DEFAULT_MAX_ENTRIES, POLICY_V4_MAP, POLICY_V6_MAP, PolicyKeyV4,
     PolicyKeyV6, RuleSet, VERDICT_COUNTERS_MAP, Verdict,
 };
+use std::path::{Path, PathBuf};
 
 use super::{
     Authorization, AuthorizationCounters, AuthorizationId, Change, GATEWAY_EBPF, MapOp,
-    PolicyError, PolicyTable, VerdictCounters, keys::TrieKey,
+    PolicyError, PolicyTable, VerdictCounters, keys::TrieKey, pin,
 };
 
 /// Name of the classifier in the object.
@@ -21,9 +26,17 @@ const PROGRAM: &str = "keyhole_policy";
 
 /// The policy filter attached to one interface's ingress. Dropping it
 /// detaches the program (and frees its maps).
+///
+/// The TCX link is pinned in bpffs, so a gateway killed without running
+/// its drop leaves the filter attached: the interface keeps denying all
+/// but what was authorised at the time (fail closed). The next
+/// [`attach`](Self::attach) on the same interface and namespace replaces
+/// it with no unfiltered moment.
 pub struct PolicyFilter {
     interface: String,
-    // Owns the program and its TCX link.
+    link: Option<FilterLink>,
+    pin_path: PathBuf,
+    // Owns the program.
     ebpf: Ebpf,
     v4: LpmTrie<MapData, PolicyKeyV4, RuleSet>,
     v6: LpmTrie<MapData, PolicyKeyV6, RuleSet>,
@@ -53,6 +66,17 @@ impl PolicyFilter {
     /// As [`attach`](Self::attach), sizing each trie and the counter slots
     /// for `capacity` entries (per-CPU counters cost 16 bytes × CPUs each).
     pub fn attach_with_capacity(interface: &str, capacity: u32) -> Result<Self, PolicyError> {
+        Self::attach_pinned(interface, capacity, Path::new(pin::DEFAULT_PIN_DIR))
+    }
+
+    /// As [`attach_with_capacity`](Self::attach_with_capacity), pinning the
+    /// link below `pin_dir` (a bpffs directory).
+    pub fn attach_pinned(
+        interface: &str,
+        capacity: u32,
+        pin_dir: &Path,
+    ) -> Result<Self, PolicyError> {
+        let pin_path = pin::pin_path(pin_dir, interface)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(POLICY_V4_MAP, capacity)
             .map_max_entries(POLICY_V6_MAP, capacity)
@@ -76,10 +100,28 @@ impl PolicyFilter {
             .ok_or(PolicyError::Missing("keyhole_policy program"))?
             .try_into()?;
         program.load()?;
-        program.attach(interface, TcAttachType::Ingress)?;
-        tracing::info!(interface, capacity, "policy filter attached");
+        // A filter a crashed run left pinned stays attached until ours runs
+        // in front of it (first in the TCX chain, deciding every packet).
+        let stale = pin::take_stale(&pin_path);
+        let link = match attach_and_pin(program, interface, &pin_path, stale.is_some()) {
+            Ok(link) => link,
+            Err(e) => {
+                // Leave the old filter in place rather than nothing.
+                if let Some(old) = stale
+                    && let Err(pe) = old.pin(&pin_path)
+                {
+                    tracing::error!(error = %pe, "re-pinning the stale filter failed; it detaches");
+                }
+                return Err(e);
+            }
+        };
+        // Ours runs first now; the old one detaches as its last fd closes.
+        drop(stale);
+        tracing::info!(interface, capacity, pin = %pin_path.display(), "policy filter attached");
         Ok(Self {
             interface: interface.to_owned(),
+            link: Some(link),
+            pin_path,
             ebpf,
             v4,
             v6,
@@ -88,6 +130,11 @@ impl PolicyFilter {
             table: PolicyTable::new(capacity, capacity),
             cpus,
         })
+    }
+
+    /// Where the filter's link is pinned (`None` for a netlink filter).
+    pub fn pin_path(&self) -> Option<&Path> {
+        matches!(self.link, Some(FilterLink::Pinned(_))).then_some(self.pin_path.as_path())
     }
 
     /// The interface the filter is attached to.
@@ -212,6 +259,64 @@ impl PolicyFilter {
                 TrieKey::V4(k) => self.v4.remove(&k).map_err(map_err(POLICY_V4_MAP)),
                 TrieKey::V6(k) => self.v6.remove(&k).map_err(map_err(POLICY_V6_MAP)),
             },
+        }
+    }
+}
+
+/// Attaches `program` to `interface`'s ingress (first in the chain when
+/// `in_front`, to take over from a stale filter) and pins the link.
+fn attach_and_pin(
+    program: &mut SchedClassifier,
+    interface: &str,
+    pin_path: &Path,
+    in_front: bool,
+) -> Result<FilterLink, PolicyError> {
+    let link_id = if in_front {
+        tracing::info!(interface, pin = %pin_path.display(), "replacing a stale policy filter");
+        program.attach_with_options(
+            interface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )?
+    } else {
+        program.attach(interface, TcAttachType::Ingress)?
+    };
+    let link = program.take_link(link_id)?;
+    if <&FdLink>::try_from(&link).is_err() {
+        // Kernels without TCX get a netlink (clsact) filter: it stays
+        // attached after the process dies by itself.
+        return Ok(FilterLink::Netlink(link));
+    }
+    let pin_err = |e: &dyn std::fmt::Display| PolicyError::Pin {
+        path: pin_path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let fd = FdLink::try_from(link).map_err(|e| pin_err(&e))?;
+    let pinned = fd.pin(pin_path).map_err(|e| pin_err(&e))?;
+    Ok(FilterLink::Pinned(pinned))
+}
+
+/// How the program is attached.
+#[derive(Debug)]
+enum FilterLink {
+    /// A TCX link pinned in bpffs (kernels ≥ 6.6).
+    Pinned(PinnedLink),
+    /// A netlink (clsact) filter; it outlives the process by itself.
+    Netlink(SchedClassifierLink),
+}
+
+impl Drop for PolicyFilter {
+    /// A clean exit takes the filter off the interface: the pin goes, and
+    /// with the last reference to the link the program detaches.
+    fn drop(&mut self) {
+        match self.link.take() {
+            Some(FilterLink::Pinned(p)) => {
+                if let Err(e) = p.unpin() {
+                    tracing::warn!(pin = %self.pin_path.display(), error = %e, "removing the filter pin");
+                }
+            }
+            Some(FilterLink::Netlink(l)) => drop(l),
+            None => {}
         }
     }
 }

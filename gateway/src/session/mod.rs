@@ -25,8 +25,9 @@ use keyhole_proto::messages::{
     PortalToGateway, RevokeTarget,
 };
 use keyhole_proto::{
-    ClientId, Decoded, Envelope, FlowId, GatewayId, IceCandidate, IceCredentials, PublicKey,
-    RelayId, RelayInfo, RequestId, Resource, ResourceId, TunnelAddresses, decode,
+    ClientId, Decoded, DnsProxyAssignment, Envelope, FlowId, GatewayId, IceCandidate,
+    IceCredentials, PublicKey, RelayId, RelayInfo, RequestId, Resource, ResourceId,
+    TunnelAddresses, decode,
 };
 
 use crate::policy::{Authorization, AuthorizationId};
@@ -57,6 +58,9 @@ pub struct FlowInstall {
     pub authorizations: Vec<Authorization>,
     /// Client addresses to NAT (one reference per flow).
     pub nat: TunnelAddresses,
+    /// DNS resources: the client's proxy IPs per name, to resolve and
+    /// translate for this client once the flow is installed.
+    pub dns: Vec<DnsProxyAssignment>,
 }
 
 /// What the shell must do, in order.
@@ -80,6 +84,8 @@ pub enum Action {
     Unauthorize(Vec<AuthorizationId>),
     /// Drop one NAT reference of these client addresses.
     NatRelease(TunnelAddresses),
+    /// Forget the DNS translations of this flow (it had some).
+    DnsRemove(FlowId),
     /// Remove the client's tunnel peer (its last flow went).
     RemovePeer {
         client_id: ClientId,
@@ -106,6 +112,7 @@ struct Flow {
     resource_id: ResourceId,
     expires_at: DateTime<Utc>,
     authorizations: Vec<Authorization>,
+    dns: Vec<DnsProxyAssignment>,
     state: FlowState,
 }
 
@@ -408,6 +415,7 @@ impl Session {
         let auths = match authorizations(
             &a.resource,
             a.client_tunnel_addresses,
+            &a.dns,
             &mut self.next_auth_id,
         ) {
             Ok(v) => v,
@@ -452,6 +460,7 @@ impl Session {
                 resource_id: a.resource.id,
                 expires_at: a.expires_at,
                 authorizations: auths.clone(),
+                dns: a.dns.clone(),
                 state: FlowState::Pending {
                     reply_to,
                     epoch: self.epoch,
@@ -466,7 +475,27 @@ impl Session {
                 replaces,
                 authorizations: auths,
                 nat: a.client_tunnel_addresses,
+                dns: a.dns.clone(),
             })));
+        if !a.dns.is_empty() {
+            // A later flow of the same client and DNS resource replaces the
+            // set: the older flows go once the new one is in place (their
+            // rules after the new rules, so shared names see no gap).
+            let older: Vec<FlowId> = self
+                .flows
+                .iter()
+                .filter(|(id, f)| {
+                    **id != a.flow_id
+                        && f.client_id == a.client_id
+                        && f.resource_id == a.resource.id
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for id in older {
+                tracing::info!(flow = %id, by = %a.flow_id, "DNS flow superseded");
+                self.remove_flow(id);
+            }
+        }
     }
 
     fn revoke(&mut self, target: RevokeTarget) {
@@ -502,6 +531,9 @@ impl Session {
             self.actions.push_back(Action::Unauthorize(
                 flow.authorizations.iter().map(|a| a.id).collect(),
             ));
+            if !flow.dns.is_empty() {
+                self.actions.push_back(Action::DnsRemove(flow_id));
+            }
             self.actions.push_back(Action::NatRelease(peer.tunnel));
         }
         if peer.flows.is_empty() {
@@ -527,7 +559,7 @@ impl Session {
             let Some(tunnel) = self.peers.get(&flow.client_id).map(|p| p.tunnel) else {
                 continue;
             };
-            match authorizations(&resource, tunnel, &mut self.next_auth_id) {
+            match authorizations(&resource, tunnel, &flow.dns, &mut self.next_auth_id) {
                 Ok(new) => {
                     let flow = self.flows.get_mut(&flow_id).expect("listed above");
                     let old: Vec<AuthorizationId> =

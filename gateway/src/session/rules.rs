@@ -3,19 +3,24 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use keyhole_proto::{Resource, ResourceAddress, TunnelAddresses, resource};
+use keyhole_proto::{DnsProxyAssignment, Resource, ResourceAddress, TunnelAddresses, resource};
 
 use crate::policy::{Authorization, AuthorizationId, PortRange, Protocol};
 
 /// Why a resource cannot be enforced by this gateway.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
-    #[error("DNS resources are not supported by this gateway yet")]
-    DnsUnsupported,
+    #[error("a DNS resource's flow needs proxy-IP assignments")]
+    NoDnsAssignments,
 }
 
-/// The destinations of a resource (both families for `Internet`).
-fn destinations(address: &ResourceAddress) -> Result<Vec<IpNet>, RuleError> {
+/// The destinations of a resource (both families for `Internet`); for a
+/// DNS resource, the client's proxy IPs: the filter runs on the tunnel's
+/// ingress, before nftables translates them to real addresses.
+fn destinations(
+    address: &ResourceAddress,
+    dns: &[DnsProxyAssignment],
+) -> Result<Vec<IpNet>, RuleError> {
     match address {
         ResourceAddress::Ip { ip } => Ok(vec![IpNet::from(*ip)]),
         ResourceAddress::Cidr { cidr } => Ok(vec![*cidr]),
@@ -23,7 +28,17 @@ fn destinations(address: &ResourceAddress) -> Result<Vec<IpNet>, RuleError> {
             IpNet::new(IpAddr::from([0u8; 4]), 0).expect("prefix 0 is valid"),
             IpNet::new(IpAddr::from([0u16; 8]), 0).expect("prefix 0 is valid"),
         ]),
-        ResourceAddress::Dns { .. } => Err(RuleError::DnsUnsupported),
+        ResourceAddress::Dns { .. } => {
+            let proxies: Vec<IpNet> = dns
+                .iter()
+                .flat_map(|a| a.proxy_ips.iter().map(|ip| IpNet::from(*ip)))
+                .collect();
+            if proxies.is_empty() {
+                Err(RuleError::NoDnsAssignments)
+            } else {
+                Ok(proxies)
+            }
+        }
     }
 }
 
@@ -50,14 +65,15 @@ fn rules(resource: &Resource) -> Vec<(Protocol, PortRange)> {
         .collect()
 }
 
-/// Every authorisation that lets `client` reach `resource`, with ids drawn
-/// from `next_id`.
+/// Every authorisation that lets `client` reach `resource` (through the
+/// proxy IPs in `dns` for a DNS resource), with ids drawn from `next_id`.
 pub fn authorizations(
     resource: &Resource,
     client: TunnelAddresses,
+    dns: &[DnsProxyAssignment],
     next_id: &mut u128,
 ) -> Result<Vec<Authorization>, RuleError> {
-    let dsts = destinations(&resource.address)?;
+    let dsts = destinations(&resource.address, dns)?;
     let rules = rules(resource);
     let mut out = Vec::with_capacity(dsts.len() * rules.len());
     for dst in dsts {

@@ -336,7 +336,7 @@ fn reinit_revokes_flows_of_resources_gone_while_away() {
 }
 
 #[test]
-fn dns_resources_and_garbage_are_refused_cleanly() {
+fn dns_flows_without_assignments_and_garbage_are_refused_cleanly() {
     let mut s = connected_session();
     let dns = resource(
         3,
@@ -431,6 +431,88 @@ fn retried_request_is_answered_again_without_reinstalling() {
     let a = drain(&mut s);
     assert!(
         matches!(&a[..], [Action::Send(e)] if e.reply_to == Some(RequestId(10))),
+        "{a:?}"
+    );
+}
+
+fn dns_authorize(flow: u128, client: u128, names: &[(&str, &[&str])]) -> Envelope<PortalToGateway> {
+    let r = resource(
+        3,
+        serde_json::from_str(r#"{"kind":"dns","pattern":"*.corp"}"#).unwrap(),
+        vec![],
+    );
+    let mut env = authorize(flow, client, 1, r, 100);
+    if let PortalToGateway::AuthorizeFlow(a) = &mut env.message {
+        a.dns = names
+            .iter()
+            .map(|(n, ips)| keyhole_proto::DnsProxyAssignment {
+                name: (*n).into(),
+                proxy_ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            })
+            .collect();
+    }
+    env
+}
+
+#[test]
+fn dns_flows_authorise_proxy_ips_and_a_later_flow_replaces_the_set() {
+    let mut s = connected_session();
+    s.handle_message(
+        t(1),
+        dns_authorize(10, 5, &[("a.corp", &["100.96.0.1", "fd00:6b68::1"])]),
+    );
+    let a = drain(&mut s);
+    let [Action::InstallFlow(i)] = &a[..] else {
+        panic!("{a:?}")
+    };
+    // The filter admits the proxy IPs, each from the client's address of
+    // its family.
+    let dsts: Vec<(String, String)> = i
+        .authorizations
+        .iter()
+        .map(|a| (a.client_ip.to_string(), a.dst.to_string()))
+        .collect();
+    assert_eq!(
+        dsts,
+        vec![
+            ("100.64.0.5".into(), "100.96.0.1/32".into()),
+            ("fd00::5".into(), "fd00:6b68::1/128".into()),
+        ]
+    );
+    assert_eq!(i.dns.len(), 1);
+    let old_ids: Vec<_> = i.authorizations.iter().map(|a| a.id).collect();
+    s.flow_installed(FlowId::from_u128(10), Ok(()));
+    drain(&mut s);
+
+    // Same client, same resource, new set: installed first, then the old
+    // flow leaves (rules, DNS set, one NAT reference; the peer stays).
+    s.handle_message(t(2), dns_authorize(11, 5, &[("b.corp", &["100.96.0.2"])]));
+    let a = drain(&mut s);
+    assert!(
+        matches!(&a[..], [
+            Action::InstallFlow(n),
+            Action::Unauthorize(ids),
+            Action::DnsRemove(f),
+            Action::NatRelease(_),
+        ] if n.peer.is_none() && *ids == old_ids && *f == FlowId::from_u128(10)),
+        "{a:?}"
+    );
+    s.flow_installed(FlowId::from_u128(11), Ok(()));
+    drain(&mut s);
+    assert_eq!(s.load().active_flows, 1);
+
+    // Revocation takes its DNS set too.
+    s.handle_message(
+        t(3),
+        Envelope::new(PortalToGateway::Revoke(keyhole_proto::messages::Revoke {
+            target: RevokeTarget::Flow {
+                flow_id: FlowId::from_u128(11),
+            },
+        })),
+    );
+    let a = drain(&mut s);
+    assert!(
+        a.contains(&Action::DnsRemove(FlowId::from_u128(11))),
         "{a:?}"
     );
 }
