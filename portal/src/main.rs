@@ -7,6 +7,7 @@ use keyhole_portal::{
     control::ControlConfig,
     server::{self, ServerConfig},
     store::Backend,
+    web::OidcConfig,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -52,6 +53,24 @@ struct Args {
     /// Gateways silent for longer than this many seconds get no new flows.
     #[arg(long, env = "KEYHOLE_MAX_HEARTBEAT_AGE", default_value_t = 90)]
     max_heartbeat_age_secs: i64,
+    /// OIDC issuer URL; enables "Sign in with SSO" (authorization code +
+    /// PKCE). The redirect URI to register is `<public URL>/sign-in/oidc/callback`.
+    #[arg(long, env = "KEYHOLE_OIDC_ISSUER", requires = "oidc_client_id")]
+    oidc_issuer: Option<String>,
+    #[arg(long, env = "KEYHOLE_OIDC_CLIENT_ID")]
+    oidc_client_id: Option<String>,
+    #[arg(long, env = "KEYHOLE_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    oidc_client_secret: Option<String>,
+    /// ID-token claim listing the user's groups, matched to Keyhole groups
+    /// by name.
+    #[arg(long, env = "KEYHOLE_OIDC_GROUPS_CLAIM", default_value = "groups")]
+    oidc_groups_claim: String,
+    /// Provider group whose members are Keyhole admins (others are not).
+    #[arg(long, env = "KEYHOLE_OIDC_ADMIN_GROUP")]
+    oidc_admin_group: Option<String>,
+    /// Name on the sign-in button.
+    #[arg(long, env = "KEYHOLE_OIDC_NAME", default_value = "SSO")]
+    oidc_name: String,
 }
 
 #[tokio::main]
@@ -78,8 +97,19 @@ async fn main() -> anyhow::Result<()> {
         admin_email: args.admin_email,
         admin_password: args.admin_password,
         control,
+        oidc: args.oidc_issuer.map(|issuer| OidcConfig {
+            issuer,
+            client_id: args.oidc_client_id.unwrap_or_default(),
+            client_secret: args.oidc_client_secret,
+            groups_claim: args.oidc_groups_claim,
+            admin_group: args.oidc_admin_group,
+            display_name: args.oidc_name,
+        }),
         ..ServerConfig::new(args.listen, args.data_dir.clone())
     };
+    if let Some(oidc) = &cfg.oidc {
+        oidc.validate()?;
+    }
     let portal = server::start(cfg, async {
         let _ = tokio::signal::ctrl_c().await;
     })

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub admin_email: Option<String>,
     pub admin_password: Option<String>,
     pub control: ControlConfig,
+    /// Admin sign-in through an OIDC provider.
+    pub oidc: Option<crate::web::OidcConfig>,
 }
 
 impl ServerConfig {
@@ -54,6 +56,7 @@ impl ServerConfig {
             admin_email: None,
             admin_password: None,
             control: ControlConfig::default(),
+            oidc: None,
         }
     }
 }
@@ -140,6 +143,7 @@ pub async fn start(
 
     let web = crate::web::router_with(crate::web::WebConfig {
         public_url: cfg.public_url.clone(),
+        oidc: cfg.oidc.clone(),
         ..crate::web::WebConfig::default()
     });
     let router = routes(app.clone(), control.router, web, metrics.clone());

@@ -4,6 +4,7 @@
 //! - Debian packages the tests and demo use (real peers and tools).
 //! - Components of the pinned toolchain (RUSTUP_AUTO_INSTALL=0 on these
 //!   machines, so rust-toolchain.toml alone doesn't add them).
+//! - oidc-provider (npm) for the OIDC sign-in test, once per machine.
 //! - bpf-linker, built once per machine and toolchain against the
 //!   toolchain's own libLLVM (Debian has no LLVM 22) and cached.
 
@@ -38,7 +39,11 @@ const PACKAGES: &[&str] = &[
     "qemu-system-x86", // kernel-WireGuard VM tests
     "chromium",        // headless browser for the portal web UI tests
     "chromium-driver", // chromedriver, driven by fantoccini
+    "nodejs",          // runs the OIDC provider of the web UI tests
 ];
+
+/// The OIDC provider the web UI tests sign in against (npm, pinned).
+const OIDC_PROVIDER: &str = "oidc-provider@9.13.3";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -47,6 +52,48 @@ pub fn run() -> anyhow::Result<()> {
     toolchain_components()?;
     bpf_linker()?;
     cargo_fuzz()?;
+    oidc_provider()?;
+    Ok(())
+}
+
+/// Where `oidc_provider` installs; the portal's OIDC test reads it from
+/// KEYHOLE_OIDC_PROVIDER_DIR.
+pub fn oidc_provider_dir() -> anyhow::Result<PathBuf> {
+    Ok(tools_cache_dir()
+        .context("no HOME or XDG_CACHE_HOME for the tools cache")?
+        .join("oidc-provider"))
+}
+
+/// panva's oidc-provider from npm, installed once per machine.
+fn oidc_provider() -> anyhow::Result<()> {
+    let dir = oidc_provider_dir()?;
+    let (_, version) = OIDC_PROVIDER.split_once('@').unwrap_or_default();
+    let manifest = dir.join("node_modules/oidc-provider/package.json");
+    let installed = fs::read_to_string(&manifest)
+        .ok()
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok())
+        .and_then(|m| m["version"].as_str().map(str::to_owned));
+    if installed.as_deref() == Some(version) {
+        return Ok(());
+    }
+    if Command::new("npm").arg("--version").output().is_err() {
+        // Debian splits npm out of nodejs; other node builds include it.
+        output(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-qq", "--no-install-recommends", "npm"]),
+        )?;
+    }
+    eprintln!("setup: installing {OIDC_PROVIDER} into {}", dir.display());
+    fs::create_dir_all(&dir)?;
+    output(Command::new("npm").args([
+        "install",
+        "--no-audit",
+        "--no-fund",
+        "--prefix",
+        &dir.to_string_lossy(),
+        OIDC_PROVIDER,
+    ]))?;
     Ok(())
 }
 

@@ -61,6 +61,10 @@ pub fn run_cmd(args: TestArgs) -> anyhow::Result<()> {
                 .args(["test", "--workspace", "--locked"])
                 // Interop tests must not skip when their peer is missing.
                 .env("KEYHOLE_REQUIRE_COTURN", "1")
+                .env(
+                    "KEYHOLE_OIDC_PROVIDER_DIR",
+                    crate::setup::oidc_provider_dir()?,
+                )
                 .arg("--")
                 .args(&args.test_args))
         })?;

@@ -34,14 +34,14 @@ pub struct NextQuery {
 }
 
 /// Only local paths, so the sign-in form is no open redirect.
-fn safe_next(next: Option<&str>) -> String {
+pub(super) fn safe_next(next: Option<&str>) -> String {
     match next {
         Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
         _ => "/".to_owned(),
     }
 }
 
-fn form(token: &str, next: &str, email: &str, error: Option<&str>) -> Markup {
+fn form(token: &str, next: &str, email: &str, error: Option<&str>, sso: Option<&str>) -> Markup {
     bare(
         "Sign in",
         html! {
@@ -62,6 +62,9 @@ fn form(token: &str, next: &str, email: &str, error: Option<&str>) -> Markup {
                 }
                 button.primary type="submit" { "Sign in" }
             }
+            @if let Some(provider) = sso {
+                p { a.button #sso href={ "/sign-in/oidc?next=" (form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()) } { "Sign in with " (provider) } }
+            }
             // Filled from the `#token=…` of the first-start link by app.js:
             // the fragment never reaches server logs.
             form #link-form method="post" action="/sign-in/link" hidden {
@@ -74,7 +77,7 @@ fn form(token: &str, next: &str, email: &str, error: Option<&str>) -> Markup {
 }
 
 /// The sign-in page, with a fresh double-submit token in a cookie.
-fn sign_in_response(
+pub(super) fn sign_in_response(
     status: StatusCode,
     headers: &HeaderMap,
     web: &WebExt,
@@ -90,7 +93,13 @@ fn sign_in_response(
             (header::SET_COOKIE, cookie),
             (header::CACHE_CONTROL, "no-store".to_owned()),
         ],
-        form(&token, next, email, error),
+        form(
+            &token,
+            next,
+            email,
+            error,
+            web.oidc.as_ref().map(|o| o.display_name()),
+        ),
     )
         .into_response()
 }
@@ -163,21 +172,17 @@ fn wait_message(wait: std::time::Duration) -> String {
 }
 
 /// Starts a session and sends the browser on.
-async fn start_session(
+pub(super) async fn start_session(
     state: &AppState,
     headers: &HeaderMap,
     web: &WebExt,
     user: &User,
+    method: SignInMethod,
     next: &str,
 ) -> WebResult {
     let s = state
         .store
-        .create_web_session(
-            user.id,
-            SignInMethod::Password,
-            web.config.session_ttl,
-            crate::api::now(),
-        )
+        .create_web_session(user.id, method, web.config.session_ttl, crate::api::now())
         .await?;
     // Sign-ins are rare; forgetting expired sessions here needs no timer.
     if let Err(e) = state.store.prune_web_sessions(crate::api::now()).await {
@@ -263,7 +268,7 @@ pub async fn sign_in(State(state): State<AppState>, web: WebExt, req: Request) -
         ));
     }
     web.per_account.reset(&account_key);
-    start_session(&state, &headers, &web, &user, &next).await
+    start_session(&state, &headers, &web, &user, SignInMethod::Password, &next).await
 }
 
 /// The one-time link printed at first start (`/sign-in#token=…`).
@@ -295,7 +300,7 @@ pub async fn sign_in_link(State(state): State<AppState>, web: WebExt, req: Reque
     };
     match user {
         Some(u) if u.is_admin && !u.disabled => {
-            start_session(&state, &headers, &web, &u, &next).await
+            start_session(&state, &headers, &web, &u, SignInMethod::Password, &next).await
         }
         _ => {
             web.per_ip.record_failure(&ip_key, now);

@@ -23,6 +23,7 @@ mod form;
 mod gateways;
 mod groups;
 mod layout;
+mod oidc;
 mod policies;
 pub mod rate_limit;
 mod resources;
@@ -38,6 +39,7 @@ use axum::{
 };
 
 use crate::state::AppState;
+pub use oidc::OidcConfig;
 use rate_limit::Limiter;
 
 /// Settings of the web UI.
@@ -57,6 +59,8 @@ pub struct WebConfig {
     /// How often the live gateway table re-reads presence from the store
     /// (presence changes are store writes without a Change event).
     pub live_interval: Duration,
+    /// Sign-in through an OIDC provider, besides e-mail and password.
+    pub oidc: Option<OidcConfig>,
 }
 
 impl Default for WebConfig {
@@ -68,6 +72,7 @@ impl Default for WebConfig {
             failures_per_ip: 20,
             rate_window: Duration::from_secs(15 * 60),
             live_interval: Duration::from_secs(1),
+            oidc: None,
         }
     }
 }
@@ -77,6 +82,7 @@ pub(crate) struct Web {
     pub config: WebConfig,
     pub per_account: Limiter,
     pub per_ip: Limiter,
+    pub oidc: Option<oidc::Oidc>,
 }
 
 pub(crate) type WebExt = Extension<Arc<Web>>;
@@ -87,7 +93,15 @@ pub fn router() -> Router<AppState> {
 }
 
 pub fn router_with(config: WebConfig) -> Router<AppState> {
+    let oidc = config.oidc.clone().and_then(|c| match oidc::Oidc::new(c) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::error!(error = %e, "web: OIDC sign-in disabled: bad configuration");
+            None
+        }
+    });
     let web = Arc::new(Web {
+        oidc,
         per_account: Limiter::new(config.failures_per_account, config.rate_window),
         per_ip: Limiter::new(config.failures_per_ip, config.rate_window),
         config,
@@ -97,6 +111,8 @@ pub fn router_with(config: WebConfig) -> Router<AppState> {
         .route("/assets/{file}", get(assets::serve))
         .route("/sign-in", get(auth::sign_in_page).post(auth::sign_in))
         .route("/sign-in/link", post(auth::sign_in_link))
+        .route("/sign-in/oidc", get(oidc::start))
+        .route("/sign-in/oidc/callback", get(oidc::callback))
         .route("/sign-out", post(auth::sign_out))
         .route("/sites", get(sites::list).post(sites::create))
         .route("/sites/{id}", get(sites::show))

@@ -47,7 +47,7 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
 }
 
-fn temp_dir(tag: &str) -> TempDir {
+pub fn temp_dir(tag: &str) -> TempDir {
     let p = std::env::temp_dir().join(format!(
         "keyhole-web-{tag}-{}-{}",
         std::process::id(),
