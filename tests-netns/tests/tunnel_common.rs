@@ -120,12 +120,12 @@ pub fn tcp_transfer(server: &Netns, client: &Netns, addr: std::net::SocketAddr, 
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut got = Vec::new();
         s.read_to_end(&mut got).unwrap();
-        let sum: u64 = got.iter().map(|&b| u64::from(b)).sum();
+        let sum = digest(&got);
         s.write_all(format!("{} {}", got.len(), sum).as_bytes())
             .unwrap();
     });
     let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-    let want: u64 = data.iter().map(|&b| u64::from(b)).sum();
+    let want = digest(&data);
     let mut c = client
         .enter(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
         .unwrap();
@@ -136,4 +136,11 @@ pub fn tcp_transfer(server: &Netns, client: &Netns, addr: std::net::SocketAddr, 
     c.read_to_string(&mut answer).unwrap();
     t.join().unwrap();
     assert_eq!(answer, format!("{len} {want}"));
+}
+
+/// Order-sensitive (FNV-1a), so reordered bytes fail the check too.
+fn digest(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

@@ -279,3 +279,60 @@ fn coturn(ns: &Netns) -> Proc {
 fn two_processes_without_tun_offloads_exchange_ping_and_tcp() {
     pair_with(false, &["--no-offload"], |_| {});
 }
+
+/// IPv6 inside the tunnel, with the TUN offloads (TSO6 super-packets read
+/// and split, TCPv6 segments coalesced on write): ping and TCP both ways.
+#[test]
+fn two_processes_carry_ipv6_inside_the_tunnel() {
+    let a = Netns::new("t6a").unwrap();
+    let b = Netns::new("t6b").unwrap();
+    veth(&a, "eth0", "10.12.0.1/24", &b, "eth0", "10.12.0.2/24").unwrap();
+    let (ka, pa) = keypair(&a);
+    let (kb, pb) = keypair(&b);
+    let pb_proc = spawn_peer(
+        &b,
+        &args(
+            &kb,
+            &pa,
+            "10.12.0.2:51820",
+            "100.64.0.2/24",
+            "100.64.0.1/32",
+            "responder",
+            &[
+                "--tun-addr",
+                "fd00:6::2/64",
+                "--route",
+                "fd00:6::1/128",
+                "--static-peer",
+                "10.12.0.1:51820",
+            ],
+        ),
+    );
+    let pa_proc = spawn_peer(
+        &a,
+        &args(
+            &ka,
+            &pb,
+            "10.12.0.1:51820",
+            "100.64.0.1/24",
+            "100.64.0.2/32",
+            "initiator",
+            &[
+                "--tun-addr",
+                "fd00:6::1/64",
+                "--route",
+                "fd00:6::2/128",
+                "--static-peer",
+                "10.12.0.2:51820",
+            ],
+        ),
+    );
+    wait_up(&pa_proc, Duration::from_secs(20));
+    wait_up(&pb_proc, Duration::from_secs(20));
+    a.ping("fd00:6::2".parse().unwrap(), Duration::from_secs(5))
+        .unwrap();
+    b.ping("fd00:6::1".parse().unwrap(), Duration::from_secs(5))
+        .unwrap();
+    tcp_transfer(&b, &a, "[fd00:6::2]:7000".parse().unwrap(), 4 << 20);
+    tcp_transfer(&a, &b, "[fd00:6::1]:7001".parse().unwrap(), 4 << 20);
+}

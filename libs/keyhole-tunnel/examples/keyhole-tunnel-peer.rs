@@ -42,9 +42,10 @@ struct Args {
     listen: SocketAddr,
     #[arg(long, default_value = "kh0")]
     tun: String,
-    /// Address of the TUN device, with its prefix.
-    #[arg(long)]
-    tun_addr: IpNet,
+    /// Address of the TUN device, with its prefix (repeatable: IPv4 and
+    /// IPv6).
+    #[arg(long = "tun-addr", required = true)]
+    tun_addrs: Vec<IpNet>,
     #[arg(long, default_value_t = 1420)]
     mtu: u16,
     /// Networks routed to the peer (cryptokey routing: also the sources
@@ -195,10 +196,18 @@ fn main() -> Result<()> {
     options.offload = !args.no_offload;
     options.queues = args.queues;
     let tuns = create_tun(&options).context("creating TUN")?;
-    ip(&["addr", "add", &args.tun_addr.to_string(), "dev", &args.tun])?;
+    for a in &args.tun_addrs {
+        let a = a.to_string();
+        let mut cmd = vec!["addr", "add", &a, "dev", &args.tun];
+        if a.contains(':') {
+            // Usable at once, without duplicate address detection.
+            cmd.push("nodad");
+        }
+        ip(&cmd)?;
+    }
     ip(&["link", "set", &args.tun, "up"])?;
     for r in &args.routes {
-        if !args.tun_addr.contains(r) {
+        if !args.tun_addrs.iter().any(|a| a.contains(r)) {
             ip(&["route", "add", &r.to_string(), "dev", &args.tun])?;
         }
     }
