@@ -3,9 +3,7 @@
 //! It also keeps a record of what it changed there, so `keyhole down` or
 //! the next `keyhole up` can undo it after a SIGKILL.
 
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -60,6 +58,8 @@ pub fn alive(pid: u32) -> bool {
 /// Sends one request to the running `up` and returns its answer.
 #[cfg(unix)]
 pub fn request(runtime: &Path, what: &str) -> Result<String> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::time::Duration;
     let path = socket_path(runtime);
     let mut s = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
         format!(

@@ -62,6 +62,8 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 
 /// Owner-only permissions (a key copied in by hand may be too open).
 fn restrict(path: &Path) -> Result<()> {
+    #[cfg(not(unix))]
+    let _ = path;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;

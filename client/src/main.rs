@@ -1,10 +1,16 @@
 //! `keyhole`: the Keyhole client CLI.
 
+// Only `up` (Linux so far) drives the control machine and the platform.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod backoff;
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod control;
 mod dirs;
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod ipc;
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod keys;
+#[cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 mod platform;
 #[cfg(target_os = "linux")]
 mod up;
