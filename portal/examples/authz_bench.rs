@@ -3,14 +3,23 @@
 //!
 //! ```text
 //! cargo run --release -p keyhole-portal --example authz_bench -- \
-//!     [--clients 64] [--window 8] [--gateways 2] [--seconds 10] [--idle 10000]
+//!     [--clients 64] [--window 8] [--gateways 2] [--seconds 10] \
+//!     [--rate 20000] [--rate-clients 64] [--idle 10000]
 //! ```
 //!
-//! A portal runs in this process on SQLite in a temp dir. Load phase:
-//! `--clients` service-account clients each keep `--window` `request_flow`s
-//! in flight; `--gateways` test gateways confirm every `authorize_flow`.
-//! Latency is measured by the clients, from sending `request_flow` to
-//! receiving `flow_created`. All clients connect before any sends. Clients
+//! A portal runs in this process on SQLite in a temp dir; `--gateways` test
+//! gateways confirm every `authorize_flow`. Two load phases:
+//!
+//! - throughput (closed loop): `--clients` service-account clients each keep
+//!   `--window` `request_flow`s in flight. This finds the maximum rate; its
+//!   latency is mostly queueing (Little's law: in flight / rate).
+//! - latency at a fixed offered rate (open loop, `--rate`, 0 skips it):
+//!   `--rate-clients` clients send on a fixed schedule that adds up to
+//!   `--rate` requests/s whatever the answers do. Latency runs from the
+//!   *scheduled* send time to `flow_created`, so a stalled sender does not
+//!   hide the delay (no coordinated omission).
+//!
+//! All clients of a phase connect before any sends. Clients
 //! never give flows back, so the portal's live-flow count afterwards is every
 //! `flow_created` of the run (warm-up + measured + drain), not just the
 //! measured ones. Idle phase: a child process (this binary with
@@ -105,6 +114,8 @@ async fn bench() {
     let gateways = arg("--gateways", 2) as usize;
     let seconds = arg("--seconds", 10);
     let idle = arg("--idle", 10_000) as usize;
+    let rate = arg("--rate", 20_000);
+    let rate_clients = arg("--rate-clients", 64) as usize;
 
     let dir = temp_dir("authz-bench");
     let portal = start_portal(dir.clone(), None, ControlConfig::default()).await;
@@ -218,17 +229,52 @@ async fn bench() {
         lat.extend(done.latencies);
         answered += done.answered;
     }
-    lat.sort_unstable();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
-    println!(
-        "authorisations: {} in {:.1} s = {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        lat.len(),
-        elapsed.as_secs_f64(),
-        lat.len() as f64 / elapsed.as_secs_f64(),
-        pct(0.5),
-        pct(0.99),
-        pct(1.0)
-    );
+    report("throughput (closed loop)", &mut lat, elapsed);
+
+    if rate > 0 {
+        let mut conns = Vec::with_capacity(rate_clients);
+        for c in 0..rate_clients {
+            let mut ws = connect_client(addr, &sa_token.secret, key(2_000_000 + c as u32)).await;
+            let _init = frame::<PortalToClient>(&mut ws).await;
+            conns.push(ws);
+        }
+        println!(
+            "fixed rate: {rate}/s offered by {rate_clients} clients, {seconds} s (after 2 s warm-up)"
+        );
+        let period = Duration::from_secs_f64(rate_clients as f64 / rate as f64);
+        let base = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let measuring = Arc::new(AtomicBool::new(false));
+        let tasks: Vec<_> = conns
+            .into_iter()
+            .enumerate()
+            .map(|(i, ws)| {
+                // Spread the clients' schedules over one period.
+                let offset = period.mul_f64(i as f64 / rate_clients as f64);
+                tokio::spawn(run_client_at_rate(
+                    ws,
+                    resource.id,
+                    base + offset,
+                    period,
+                    base,
+                    stop.clone(),
+                    measuring.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        measuring.store(true, Ordering::Relaxed);
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        measuring.store(false, Ordering::Relaxed);
+        let elapsed = t0.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        let mut lat: Vec<u32> = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap().latencies);
+        }
+        report(&format!("latency at {rate}/s offered"), &mut lat, elapsed);
+    }
     // Bench clients never give flows back, so every `flow_created` of the
     // whole run (warm-up, measured window, drain) is still live.
     println!(
@@ -247,6 +293,25 @@ async fn bench() {
     }
     portal.abort();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn report(phase: &str, lat: &mut [u32], elapsed: Duration) {
+    if lat.is_empty() {
+        println!("{phase}: no answers");
+        return;
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    println!(
+        "{phase}: {} in {:.1} s = {:.0}/s; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        lat.len(),
+        elapsed.as_secs_f64(),
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
 }
 
 async fn idle_phase(addr: SocketAddr, token: &str, n: usize) {
@@ -423,6 +488,101 @@ async fn run_client(
         sent.insert(next_id, Instant::now());
         next_id += 1;
     }
+    ClientRun {
+        latencies: lat,
+        answered,
+    }
+}
+
+/// Request ids of the fixed-rate phase carry the scheduled send time (µs
+/// since `base`) above a 10-bit sequence number, so the receiver needs no
+/// shared table.
+const SEQ_BITS: u32 = 10;
+
+/// Send one `request_flow` per `period` from `start` until `stop`,
+/// whatever the answers do; measure each from its scheduled time.
+async fn run_client_at_rate(
+    ws: Ws,
+    resource: keyhole_proto::ResourceId,
+    start: Instant,
+    period: Duration,
+    base: Instant,
+    stop: Arc<AtomicBool>,
+    measuring: Arc<AtomicBool>,
+) -> ClientRun {
+    let (mut sink, mut stream) = ws.split();
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sender = {
+        let sent = sent.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(start.into(), period);
+            // Late ticks fire at once: the offered rate holds.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let at = tick.tick().await.into_std();
+                let micros = at.duration_since(base).as_micros() as u64;
+                seq += 1;
+                let id = (micros << SEQ_BITS) | (seq & ((1 << SEQ_BITS) - 1));
+                let text = Envelope::request(
+                    RequestId(id),
+                    ClientToPortal::RequestFlow(RequestFlow {
+                        resource_id: resource,
+                        connected_gateway_ids: vec![],
+                        dns: vec![],
+                    }),
+                )
+                .encode()
+                .unwrap();
+                if sink
+                    .send(tungstenite::Message::Text(text.into()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            sink
+        })
+    };
+    let mut lat = Vec::new();
+    let mut answered = 0u64;
+    loop {
+        let msg = if stop.load(Ordering::Relaxed) {
+            if sender.is_finished() && answered >= sent.load(Ordering::Relaxed) {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+                Ok(m) => m,
+                Err(_) => break,
+            }
+        } else {
+            stream.next().await
+        };
+        let Some(Ok(tungstenite::Message::Text(t))) = msg else {
+            if msg.is_none() {
+                break;
+            }
+            continue;
+        };
+        let Ok(Decoded::Known(env)) = decode::<PortalToClient>(t.as_bytes()) else {
+            continue;
+        };
+        let Some(to) = env.reply_to else { continue };
+        match env.message {
+            PortalToClient::FlowCreated(_) => {
+                answered += 1;
+                if measuring.load(Ordering::Relaxed) {
+                    let scheduled = base + Duration::from_micros(to.0 >> SEQ_BITS);
+                    lat.push(scheduled.elapsed().as_micros() as u32);
+                }
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    let _ = sender.await;
     ClientRun {
         latencies: lat,
         answered,

@@ -56,6 +56,10 @@ pub struct Metrics {
     pub flows_failed_resource_gone: AtomicU64,
     pub flows_revoked: AtomicU64,
     pub flows_expired: AtomicU64,
+    pub flows_resent: AtomicU64,
+    pub flows_revoked_client_gone: AtomicU64,
+    pub gateways_silent_closed: AtomicU64,
+    pub ws_ping_timeouts: AtomicU64,
     pub authorization_latency: Histogram,
     pub ws_frames_received: AtomicU64,
     pub ws_frames_sent: AtomicU64,
@@ -140,6 +144,30 @@ impl Metrics {
             "keyhole_flows_expired_total",
             "Live authorisations that reached their expiry.",
             &self.flows_expired,
+        );
+        counter(
+            &mut out,
+            "keyhole_flows_resent_total",
+            "Flows asked again of a gateway that reconnected.",
+            &self.flows_resent,
+        );
+        counter(
+            &mut out,
+            "keyhole_flows_revoked_client_gone_total",
+            "Live authorisations revoked because their client stayed away past the grace period.",
+            &self.flows_revoked_client_gone,
+        );
+        counter(
+            &mut out,
+            "keyhole_gateways_silent_closed_total",
+            "Gateway connections closed for missed heartbeats.",
+            &self.gateways_silent_closed,
+        );
+        counter(
+            &mut out,
+            "keyhole_ws_ping_timeouts_total",
+            "Control connections closed because the peer stopped answering pings.",
+            &self.ws_ping_timeouts,
         );
         self.authorization_latency.render(
             &mut out,

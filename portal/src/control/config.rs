@@ -1,5 +1,7 @@
 //! Tunables of the control channel.
 
+use std::time::Duration;
+
 use chrono::TimeDelta;
 use keyhole_proto::TurnSecret;
 
@@ -20,6 +22,15 @@ pub struct ControlConfig {
     pub answers_per_client: usize,
     /// The secret shared with relays; without it relays cannot register.
     pub turn_secret: Option<TurnSecret>,
+    /// How long a disconnected client's live flows are kept, so a client
+    /// that reconnects (network change, restart) keeps its tunnels; after
+    /// it they are revoked at the gateways.
+    pub client_grace: TimeDelta,
+    /// The portal pings every peer this often...
+    pub ping_interval: Duration,
+    /// ...and closes a connection from which nothing (not even a pong) has
+    /// arrived for `ping_interval + ping_timeout`.
+    pub ping_timeout: Duration,
 }
 
 impl Default for ControlConfig {
@@ -31,6 +42,9 @@ impl Default for ControlConfig {
             turn_credentials_ttl: TimeDelta::hours(12),
             answers_per_client: 256,
             turn_secret: None,
+            client_grace: TimeDelta::minutes(5),
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(20),
         }
     }
 }

@@ -23,15 +23,44 @@ use crate::{metrics::Metrics, store::FlowLogEntry};
 /// (RFC 6455 "Try Again Later").
 pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
 
-/// Asks a connection's writer to close the socket now, ahead of queued
-/// frames.
-#[derive(Default)]
+/// Close code for a peer that stopped answering pings.
+pub const CLOSE_PING_TIMEOUT: u16 = 4002;
+
+/// Shared by a connection's reader and writer: asks the writer to close the
+/// socket now, ahead of queued frames, and tells it when the reader last
+/// heard from the peer (for the ping timeout).
 pub struct Kill {
     code: AtomicU16,
     notify: Notify,
+    /// Milliseconds since `born` at which the last frame arrived.
+    last_rx: AtomicU64,
+    born: tokio::time::Instant,
+}
+
+impl Default for Kill {
+    fn default() -> Self {
+        Self {
+            code: AtomicU16::new(0),
+            notify: Notify::new(),
+            last_rx: AtomicU64::new(0),
+            born: tokio::time::Instant::now(),
+        }
+    }
 }
 
 impl Kill {
+    /// Something arrived from the peer.
+    pub fn heard(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_rx.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long since anything arrived from the peer.
+    pub fn silent_for(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.last_rx.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(last)
+    }
+
     pub fn kill(&self, code: u16) {
         self.code.store(code, Ordering::Relaxed);
         // Stores a permit if the writer is not waiting right now.

@@ -46,6 +46,10 @@ pub async fn start(
     let changes = app.changes.subscribe();
     let snapshot = app.store.load_snapshot().await?;
     let (log_tx, log_rx) = mpsc::channel(FLOW_LOG_QUEUE);
+    let liveness = socket::Liveness {
+        interval: config.ping_interval,
+        timeout: config.ping_timeout,
+    };
     let core = core::ControlCore::new(config, snapshot, metrics.clone());
     let hub = Arc::new(Hub::new(core, metrics.clone(), log_tx));
     tasks::spawn_change_listener(app.clone(), hub.clone(), changes);
@@ -55,6 +59,7 @@ pub async fn start(
         app,
         hub: hub.clone(),
         relay_secret: relay_secret.map(Arc::from),
+        liveness,
     });
     Ok(Control { hub, router })
 }

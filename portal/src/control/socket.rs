@@ -44,21 +44,53 @@ fn close_message(code: u16, reason: &str) -> Message {
     }))
 }
 
+/// Ping cadence of a connection: a ping every `interval`; a peer from
+/// which nothing arrived for `interval + timeout` is dead.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
 /// Write queued frames until the queue closes, the core asks to close, or
-/// the connection is killed.
+/// the connection is killed; ping the peer and close if it went silent.
 pub async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     kill: Arc<Kill>,
     metrics: Arc<Metrics>,
+    liveness: Liveness,
 ) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut batch = Vec::new();
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + liveness.interval,
+        liveness.interval,
+    );
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             biased;
             code = kill.killed() => {
                 let _ = sink.send(close_message(code, close_reason(code))).await;
                 return;
+            }
+            _ = ping.tick() => {
+                if kill.silent_for() >= liveness.interval + liveness.timeout {
+                    tracing::info!("peer stopped answering pings, closing");
+                    Metrics::inc(&metrics.ws_ping_timeouts);
+                    let code = super::hub::CLOSE_PING_TIMEOUT;
+                    // A dead peer may never take the close frame.
+                    let _ = tokio::time::timeout(
+                        CLOSE_GRACE,
+                        sink.send(close_message(code, close_reason(code))),
+                    )
+                    .await;
+                    return;
+                }
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+                continue;
             }
             m = rx.recv() => match m {
                 Some(m) => m,
@@ -103,6 +135,7 @@ fn close_reason(code: u16) -> &'static str {
         CLOSE_MESSAGE_TOO_BIG => "frame too large",
         keyhole_proto::CLOSE_PROTOCOL_ERROR => "protocol error",
         super::hub::CLOSE_SLOW_CONSUMER => "send queue full",
+        super::hub::CLOSE_PING_TIMEOUT => "no answer to pings",
         _ => "",
     }
 }
@@ -153,7 +186,11 @@ impl Reader {
                     .await;
                     return None;
                 }
-                m = self.stream.next() => match m {
+                m = self.stream.next() => {
+                    if let Some(Ok(_)) = &m {
+                        self.kill.heard();
+                    }
+                    match m {
                     None | Some(Ok(Message::Close(_))) => return None,
                     Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
                         Metrics::inc(&self.metrics.ws_frames_received);
@@ -168,7 +205,8 @@ impl Reader {
                         }
                         return None;
                     }
-                },
+                    }
+                }
             }
         }
     }

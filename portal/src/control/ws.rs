@@ -29,7 +29,7 @@ use uuid::Uuid;
 use super::{
     core::{ClientHello, GatewayHello, RelayHello, relay_addresses},
     hub::Hub,
-    socket::{Reader, handle_undecoded, write_loop},
+    socket::{Liveness, Reader, handle_undecoded, write_loop},
 };
 use crate::{
     policy::{ActorId, SignInMethod},
@@ -44,6 +44,7 @@ pub struct ControlState {
     pub hub: Arc<Hub>,
     /// Relays may register with this shared secret instead of a token.
     pub relay_secret: Option<Arc<str>>,
+    pub liveness: Liveness,
 }
 
 /// Frames queued per connection before it counts as a slow consumer.
@@ -165,7 +166,7 @@ async fn gateway_ws(
 async fn serve_gateway(socket: WebSocket, state: ControlState, hello: GatewayHello) {
     let hub = &state.hub;
     let gateway_id = hello.id;
-    let (mut reader, conn) = start(socket, hub, GATEWAY_QUEUE);
+    let (mut reader, conn) = start(socket, &state, GATEWAY_QUEUE);
     hub.with_core(|core, now| core.gateway_connected(now, conn, hello));
     let mut last_presence = tokio::time::Instant::now();
     while let Some(frame) = reader.next_frame().await {
@@ -264,7 +265,7 @@ async fn client_ws(
 
 async fn serve_client(socket: WebSocket, state: ControlState, hello: ClientHello) {
     let hub = &state.hub;
-    let (mut reader, conn) = start(socket, hub, CLIENT_QUEUE);
+    let (mut reader, conn) = start(socket, &state, CLIENT_QUEUE);
     hub.with_core(|core, now| core.client_connected(now, conn, hello));
     while let Some(frame) = reader.next_frame().await {
         match decode::<ClientToPortal>(&frame) {
@@ -311,7 +312,7 @@ async fn relay_ws(
 
 async fn serve_relay(socket: WebSocket, state: ControlState, token_id: Option<Uuid>) {
     let hub = &state.hub;
-    let (mut reader, conn) = start(socket, hub, RELAY_QUEUE);
+    let (mut reader, conn) = start(socket, &state, RELAY_QUEUE);
     hub.with_core(|core, _| core.relay_connected(conn, token_id));
     while let Some(frame) = reader.next_frame().await {
         match decode::<RelayToPortal>(&frame) {
@@ -356,7 +357,8 @@ async fn serve_relay(socket: WebSocket, state: ControlState, token_id: Option<Uu
 }
 
 /// Register the connection with the hub and start its writer.
-fn start(socket: WebSocket, hub: &Arc<Hub>, queue: usize) -> (Reader, super::core::ConnId) {
+fn start(socket: WebSocket, state: &ControlState, queue: usize) -> (Reader, super::core::ConnId) {
+    let hub = &state.hub;
     let reg = hub.register(queue);
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(
@@ -364,6 +366,7 @@ fn start(socket: WebSocket, hub: &Arc<Hub>, queue: usize) -> (Reader, super::cor
         reg.rx,
         reg.kill.clone(),
         hub.metrics().clone(),
+        state.liveness,
     ));
     (
         Reader::new(stream, writer, reg.kill, hub.metrics().clone()),

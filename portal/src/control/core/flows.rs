@@ -12,7 +12,7 @@ use keyhole_proto::{
 
 use rand::Rng as _;
 
-use super::{ControlCore, Flow, FlowContext, Outbound, Pending};
+use super::{ControlCore, Flow, FlowContext, Grant, Outbound, Pending};
 use crate::{
     metrics::Metrics,
     policy::{AccessRequest, Decision, DenyReason, GatewayStatus, PolicyId, select_gateway},
@@ -261,6 +261,7 @@ impl ControlCore {
                 gateway,
                 expires_at,
                 pending: Some(Box::new(pending)),
+                grant: None,
             },
         );
     }
@@ -300,6 +301,16 @@ impl ControlCore {
             return;
         };
         self.deadlines.remove(&(pending.deadline, flow_id));
+        if let Some(c) = self.clients.get(&client) {
+            flow.grant = Some(Box::new(Grant {
+                client_public_key: c.public_key,
+                client_tunnel: c.tunnel,
+                preshared_key: pending.preshared_key.clone(),
+                client_ice: pending.client_ice.clone(),
+                gateway_ice: pending.gateway_ice.clone(),
+                dns: pending.dns.clone(),
+            }));
+        }
         let resource_id = flow.ctx.resource_id;
         let expires_at = flow.expires_at;
         let ctx = flow.ctx.clone();
@@ -341,6 +352,54 @@ impl ControlCore {
             pending.request,
             PortalToClient::FlowCreated(created),
         );
+    }
+
+    /// The `authorize_flow` of a flow, pending or live, as it stands now
+    /// (`None` if its resource or client details are gone).
+    pub(super) fn authorize_msg(&self, flow_id: FlowId) -> Option<AuthorizeFlow> {
+        let flow = self.flows.get(&flow_id)?;
+        let resource = self.snapshot.resource(flow.ctx.resource_id)?.clone();
+        let (
+            client_public_key,
+            client_tunnel_addresses,
+            preshared_key,
+            client_ice,
+            gateway_ice,
+            dns,
+        ) = match (&flow.pending, &flow.grant) {
+            (Some(p), _) => {
+                let c = self.clients.get(&flow.ctx.client)?;
+                (
+                    c.public_key,
+                    c.tunnel,
+                    &p.preshared_key,
+                    &p.client_ice,
+                    &p.gateway_ice,
+                    &p.dns,
+                )
+            }
+            (None, Some(g)) => (
+                g.client_public_key,
+                g.client_tunnel,
+                &g.preshared_key,
+                &g.client_ice,
+                &g.gateway_ice,
+                &g.dns,
+            ),
+            (None, None) => return None,
+        };
+        Some(AuthorizeFlow {
+            flow_id,
+            client_id: flow.ctx.client,
+            client_public_key,
+            preshared_key: preshared_key.clone(),
+            client_tunnel_addresses,
+            resource,
+            client_ice: client_ice.clone(),
+            gateway_ice: gateway_ice.clone(),
+            expires_at: flow.expires_at,
+            dns: dns.clone(),
+        })
     }
 
     /// The gateway did not confirm in time (or disconnected): withdraw the

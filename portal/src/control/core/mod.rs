@@ -138,6 +138,20 @@ struct Flow {
     expires_at: DateTime<Utc>,
     /// `Some` until the gateway confirms.
     pending: Option<Box<Pending>>,
+    /// What the gateway was told, kept once it confirmed, so the flow can
+    /// be re-sent when the gateway reconnects.
+    grant: Option<Box<Grant>>,
+}
+
+/// The parts of a confirmed flow's `authorize_flow` that are not in the
+/// snapshot.
+struct Grant {
+    client_public_key: PublicKey,
+    client_tunnel: TunnelAddresses,
+    preshared_key: PresharedKey,
+    client_ice: IceCredentials,
+    gateway_ice: IceCredentials,
+    dns: Vec<DnsProxyAssignment>,
 }
 
 pub struct ControlCore {
@@ -160,6 +174,10 @@ pub struct ControlCore {
     flows_by_gateway: HashMap<GatewayId, HashSet<FlowId>>,
     /// Live flows per gateway (its load as the portal sees it).
     live_by_gateway: HashMap<GatewayId, u32>,
+    /// Disconnected clients whose flows are revoked at this time unless
+    /// they reconnect first.
+    client_grace: BTreeSet<(DateTime<Utc>, ClientId)>,
+    grace_by_client: HashMap<ClientId, DateTime<Utc>>,
     next_turn_refresh: Option<DateTime<Utc>>,
     transmits: VecDeque<Transmit>,
     flow_log: Vec<FlowLogEntry>,
@@ -193,6 +211,8 @@ impl ControlCore {
             flows_by_client: HashMap::new(),
             flows_by_gateway: HashMap::new(),
             live_by_gateway: HashMap::new(),
+            client_grace: BTreeSet::new(),
+            grace_by_client: HashMap::new(),
             next_turn_refresh: None,
             transmits: VecDeque::new(),
             flow_log: Vec::new(),
@@ -224,11 +244,17 @@ impl ControlCore {
         self.flows.values().filter(|f| f.pending.is_none()).count()
     }
 
+    pub fn config(&self) -> &ControlConfig {
+        &self.config
+    }
+
     /// When [`Self::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<DateTime<Utc>> {
         [
             self.deadlines.first().map(|(t, _)| *t),
             self.expiries.first().map(|(t, _)| *t),
+            self.client_grace.first().map(|(t, _)| *t),
+            self.heartbeat_deadline(),
             self.next_turn_refresh,
         ]
         .into_iter()
@@ -236,9 +262,19 @@ impl ControlCore {
         .min()
     }
 
-    /// Gateway confirmations that timed out, expired authorisations, TURN
+    /// Gateway confirmations that timed out, expired authorisations,
+    /// clients whose grace ran out, gateways that missed heartbeats, TURN
     /// credential refresh.
     pub fn handle_timeout(&mut self, now: DateTime<Utc>) {
+        while let Some(&(t, client)) = self.client_grace.first() {
+            if t > now {
+                break;
+            }
+            self.client_grace.pop_first();
+            self.grace_by_client.remove(&client);
+            self.client_grace_over(client);
+        }
+
         while let Some(&(t, flow_id)) = self.deadlines.first() {
             if t > now {
                 break;
@@ -254,6 +290,7 @@ impl ControlCore {
             Metrics::inc(&self.metrics.flows_expired);
             self.revoke_flow(flow_id);
         }
+        self.close_silent_gateways(now);
         if self.next_turn_refresh.is_some_and(|t| t <= now) {
             self.refresh_turn_credentials(now);
         }

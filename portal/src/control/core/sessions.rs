@@ -5,7 +5,7 @@ use std::{
     net::IpAddr,
 };
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use keyhole_proto::{
     ClientId, Envelope, GatewayId, PublicKey, RequestId, Resource, SiteId, TunnelAddresses,
     messages::{
@@ -49,6 +49,10 @@ pub struct ClientHello {
 /// peer (RFC 6455 "Policy Violation" would suggest a credentials problem;
 /// 4000 is in the private range).
 pub const CLOSE_REPLACED: u16 = 4000;
+
+/// Close code for a gateway whose heartbeats stopped while its socket
+/// stayed open.
+pub const CLOSE_MISSED_HEARTBEATS: u16 = 4001;
 
 impl ControlCore {
     pub fn gateway_connected(&mut self, now: DateTime<Utc>, conn: ConnId, hello: GatewayHello) {
@@ -101,6 +105,100 @@ impl ControlCore {
                 relays,
             }))),
         );
+        self.resend_flows(now, hello.id);
+    }
+
+    /// A gateway (re)connected: ask it again for every flow the portal
+    /// holds through it, so established flows survive a restart or a
+    /// network change of the gateway. Confirmations of live flows are
+    /// answered by nothing (repeated); pending ones complete as usual.
+    fn resend_flows(&mut self, now: DateTime<Utc>, gateway: GatewayId) {
+        let flow_ids: Vec<_> = self
+            .flows_by_gateway
+            .get(&gateway)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        for flow_id in flow_ids {
+            if self
+                .flows
+                .get(&flow_id)
+                .is_some_and(|f| f.expires_at <= now)
+            {
+                continue; // expiry handles it
+            }
+            let Some(authorize) = self.authorize_msg(flow_id) else {
+                continue;
+            };
+            let Some(g) = self.gateways.get_mut(&gateway) else {
+                return;
+            };
+            let request = RequestId(g.next_request);
+            g.next_request += 1;
+            let conn = g.conn;
+            Metrics::inc(&self.metrics.flows_resent);
+            self.push(
+                conn,
+                Outbound::Gateway(Envelope::request(
+                    request,
+                    PortalToGateway::AuthorizeFlow(authorize),
+                )),
+            );
+        }
+    }
+
+    /// The earliest time a connected gateway counts as silent.
+    pub(super) fn heartbeat_deadline(&self) -> Option<DateTime<Utc>> {
+        let min = self.gateways.values().map(|g| g.last_heartbeat).min()?;
+        Some(min + self.config.max_heartbeat_age + TimeDelta::milliseconds(1))
+    }
+
+    /// Gateways that missed their heartbeats get no new flows (selection
+    /// skips them); their connection is closed too, so they show offline
+    /// and reconnect.
+    pub(super) fn close_silent_gateways(&mut self, now: DateTime<Utc>) {
+        let max = self.config.max_heartbeat_age;
+        let silent: Vec<(GatewayId, ConnId)> = self
+            .gateways
+            .iter()
+            .filter(|(_, g)| now - g.last_heartbeat > max)
+            .map(|(id, g)| (*id, g.conn))
+            .collect();
+        for (id, conn) in silent {
+            tracing::warn!(gateway = %id, "gateway missed its heartbeats, closing its connection");
+            Metrics::inc(&self.metrics.gateways_silent_closed);
+            self.push(
+                conn,
+                Outbound::Close {
+                    code: CLOSE_MISSED_HEARTBEATS,
+                    reason: "missed heartbeats",
+                },
+            );
+            self.disconnected(now, conn);
+        }
+    }
+
+    /// A disconnected client did not come back within the grace period:
+    /// its flows end at the gateways.
+    pub(super) fn client_grace_over(&mut self, client: ClientId) {
+        if self.clients.contains_key(&client) {
+            return;
+        }
+        let flows: Vec<_> = self
+            .flows_by_client
+            .get(&client)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        if !flows.is_empty() {
+            tracing::debug!(%client, flows = flows.len(), "client stayed away: revoking its flows");
+        }
+        for flow_id in flows {
+            Metrics::inc(&self.metrics.flows_revoked_client_gone);
+            self.revoke_flow(flow_id);
+        }
     }
 
     pub fn client_connected(&mut self, now: DateTime<Utc>, conn: ConnId, hello: ClientHello) {
@@ -116,6 +214,10 @@ impl ControlCore {
             );
         } else {
             Metrics::inc(&self.metrics.clients_connected);
+        }
+        // Back within the grace period: its flows stay.
+        if let Some(t) = self.grace_by_client.remove(&hello.id) {
+            self.client_grace.remove(&(t, hello.id));
         }
         // A client registered just now is not in the snapshot yet.
         if self.snapshot.client(hello.id).is_none() {
@@ -188,6 +290,17 @@ impl ControlCore {
             }
             Some(Peer::Client(id)) if self.clients.remove(&id).is_some() => {
                 Metrics::dec(&self.metrics.clients_connected);
+                // Live flows outlive the control connection for a grace
+                // period (a reconnecting client keeps its tunnels), then
+                // they are revoked. Pending ones are dropped when their
+                // gateway confirms (see `flow_authorized`).
+                if self.flows_by_client.contains_key(&id) {
+                    let at = now + self.config.client_grace;
+                    self.client_grace.insert((at, id));
+                    if let Some(old) = self.grace_by_client.insert(id, at) {
+                        self.client_grace.remove(&(old, id));
+                    }
+                }
             }
             Some(Peer::Client(_)) => {}
             Some(Peer::Relay) => self.relay_disconnected(now, conn),

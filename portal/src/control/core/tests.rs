@@ -21,6 +21,8 @@ use crate::{
     policy::{Actor, Client, Conditions, GroupId, Policy, ServiceAccountId},
 };
 
+mod liveness;
+
 const SITE: SiteId = SiteId::from_u128(1);
 const RES: ResourceId = ResourceId::from_u128(2);
 const GROUP: GroupId = GroupId::from_u128(3);
