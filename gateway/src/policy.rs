@@ -11,6 +11,7 @@ mod counters;
 mod error;
 mod filter;
 mod keys;
+mod lease;
 mod pin;
 mod slots;
 mod table;
@@ -20,6 +21,7 @@ pub use counters::{AuthorizationCounters, VerdictCounters};
 pub use error::PolicyError;
 pub use filter::PolicyFilter;
 pub use keyhole_ebpf_common::policy::Verdict;
+pub use lease::{LEASE, RENEW_EVERY};
 pub use pin::DEFAULT_PIN_DIR;
 pub use table::{Change, EntryKey, MapOp, PolicyTable};
 

@@ -1,6 +1,7 @@
 //! The gateway fails closed: a policy filter whose process is SIGKILLed
 //! stays attached (its TCX link is pinned in bpffs), so the interface keeps
-//! dropping unauthorised packets, and the next start replaces it cleanly.
+//! dropping unauthorised packets, and once the lease the dead process no
+//! longer renews runs out, all packets; the next start replaces it cleanly.
 //! With the userspace backend the TUN dies with the process.
 //!
 //! Needs root; `gateway_binary_*` also needs `cargo build -p keyhole-gateway`.
@@ -16,11 +17,12 @@ use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use keyhole_gateway::policy::{
-    Authorization, AuthorizationId, DEFAULT_PIN_DIR, PolicyFilter, PortRange, Protocol,
+    Authorization, AuthorizationId, DEFAULT_PIN_DIR, LEASE, PolicyFilter, PortRange, Protocol,
+    RENEW_EVERY, Verdict,
 };
 use keyhole_tests_netns::{Netns, Tun};
 use nix::sys::signal::Signal;
@@ -155,9 +157,26 @@ fn a_killed_filter_keeps_dropping_and_a_restart_replaces_it() {
             "unauthorised packet passed after the gateway died"
         );
     }
-    // What was authorised at the crash stays authorised (fail static for
-    // it, see the README) until the next start.
-    assert!(delivered(&tun, &sock, AUTHORISED, 8));
+    // What was authorised at the crash passes only until the lease the
+    // dead process no longer renews runs out; then nothing does.
+    let killed = Instant::now();
+    wait_until(
+        LEASE + Duration::from_secs(5),
+        "the lease to run out",
+        || !delivered(&tun, &sock, AUTHORISED, 8),
+    );
+    let cut = killed.elapsed();
+    eprintln!("authorised traffic stopped {cut:?} after SIGKILL");
+    // The last renewal was at most RENEW_EVERY before the kill (earlier
+    // if the renewer was held up); well above zero shows it was the lease.
+    assert!(
+        cut >= LEASE / 2,
+        "{cut:?} (lease {LEASE:?}, renewed every {RENEW_EVERY:?})"
+    );
+    for tag in 12..15 {
+        assert!(!delivered(&tun, &sock, AUTHORISED, tag));
+        assert!(!delivered(&tun, &sock, STRANGER, tag));
+    }
 
     // The next start finds the pin and replaces the filter: one program,
     // the new one, starting from default deny.
@@ -168,6 +187,10 @@ fn a_killed_filter_keeps_dropping_and_a_restart_replaces_it() {
     assert_eq!(f.pin_path(), Some(pin.as_path()));
     assert!(!delivered(&tun, &sock, AUTHORISED, 9));
     assert!(!delivered(&tun, &sock, STRANGER, 10));
+    // Its own lease is live: those were denied for want of authorisation.
+    let c = f.counters().unwrap();
+    assert_eq!(c.get(Verdict::DeniedNoAuth), 2, "{c:?}");
+    assert_eq!(c.get(Verdict::DeniedLeaseExpired), 0, "{c:?}");
 
     // A clean exit takes it all away.
     drop(f);

@@ -18,6 +18,11 @@ pub const VERDICT_COUNTERS_MAP: &str = "VERDICT_COUNTERS";
 /// Name of the per-authorisation counters (`PerCpuArray<AuthCounter>`,
 /// indexed by [`Rule::slot`]).
 pub const AUTH_COUNTERS_MAP: &str = "AUTH_COUNTERS";
+/// Name of the lease (`Array<u64>`, one entry): the `CLOCK_MONOTONIC`
+/// time in ns (`bpf_ktime_get_ns`) until which the filter decides; after
+/// it, everything is dropped. The gateway keeps pushing it forward, so a
+/// dead gateway's pinned filter fails closed.
+pub const LEASE_MAP: &str = "POLICY_LEASE";
 
 /// Default capacity of each trie and of the counter slots; userspace may
 /// resize the maps before loading.
@@ -117,11 +122,13 @@ pub enum Verdict {
     Malformed = 6,
     /// Dropped: not IPv4 or IPv6.
     NotIp = 7,
+    /// Dropped: the lease ran out (the gateway stopped renewing it).
+    DeniedLeaseExpired = 8,
 }
 
 impl Verdict {
     /// Number of verdicts (the length of the verdict counter map).
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Every verdict, in counter-index order.
     pub const ALL: [Verdict; Self::COUNT as usize] = [
         Verdict::Allowed,
@@ -132,6 +139,7 @@ impl Verdict {
         Verdict::DeniedIpv6ExtHeader,
         Verdict::Malformed,
         Verdict::NotIp,
+        Verdict::DeniedLeaseExpired,
     ];
 
     /// Whether packets with this verdict pass.

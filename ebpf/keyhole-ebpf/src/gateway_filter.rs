@@ -21,14 +21,20 @@
 //! the fragment header is handled as above, up to [`MAX_EXT_HEADERS`]
 //! headers. A routing header (it could steer the packet past the checked
 //! destination) or a longer chain is dropped as `DeniedIpv6ExtHeader`.
+//!
+//! Lease: before anything else, a packet is dropped as `DeniedLeaseExpired`
+//! once `bpf_ktime_get_ns` passes the deadline in `POLICY_LEASE`, which the
+//! gateway keeps renewing. The program outlives a killed gateway (its link
+//! is pinned); the lease makes it then drop everything (fail closed).
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod prog {
     use aya_ebpf::{
         bindings::{TC_ACT_OK, TC_ACT_SHOT},
+        helpers::bpf_ktime_get_ns,
         macros::{classifier, map},
-        maps::{LpmTrie, PerCpuArray, lpm_trie::Key},
+        maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
         programs::TcContext,
     };
     use keyhole_ebpf_common::policy::{
@@ -65,11 +71,18 @@ mod prog {
     static AUTH_COUNTERS: PerCpuArray<AuthCounter> =
         PerCpuArray::with_max_entries(DEFAULT_MAX_ENTRIES, 0);
 
+    #[map(name = "POLICY_LEASE")]
+    static POLICY_LEASE: Array<u64> = Array::with_max_entries(1, 0);
+
     #[classifier]
     pub fn keyhole_policy(ctx: TcContext) -> i32 {
-        let (verdict, slot) = match classify(&ctx) {
-            Ok(decision) => decision,
-            Err(verdict) => (verdict, None),
+        let (verdict, slot) = if lease_expired() {
+            (Verdict::DeniedLeaseExpired, None)
+        } else {
+            match classify(&ctx) {
+                Ok(decision) => decision,
+                Err(verdict) => (verdict, None),
+            }
         };
         if let Some(counter) = VERDICT_COUNTERS.get_ptr_mut(verdict as u32) {
             // SAFETY: a per-CPU slot, only this CPU writes it while we run.
@@ -89,6 +102,15 @@ mod prog {
         } else {
             TC_ACT_SHOT
         }
+    }
+
+    /// True once the gateway stopped renewing the lease (or never set it).
+    #[inline(always)]
+    fn lease_expired() -> bool {
+        let deadline = POLICY_LEASE.get(0).copied().unwrap_or(0);
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        now > deadline
     }
 
     type Decision = Result<(Verdict, Option<u32>), Verdict>;

@@ -3,7 +3,7 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         LinkOrder, ProgramInfo, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -11,14 +11,14 @@ use aya::{
     },
 };
 use keyhole_ebpf_common::policy::{
-    AUTH_COUNTERS_MAP, AuthCounter, DEFAULT_MAX_ENTRIES, POLICY_V4_MAP, POLICY_V6_MAP, PolicyKeyV4,
-    PolicyKeyV6, RuleSet, VERDICT_COUNTERS_MAP, Verdict,
+    AUTH_COUNTERS_MAP, AuthCounter, DEFAULT_MAX_ENTRIES, LEASE_MAP, POLICY_V4_MAP, POLICY_V6_MAP,
+    PolicyKeyV4, PolicyKeyV6, RuleSet, VERDICT_COUNTERS_MAP, Verdict,
 };
 use std::path::{Path, PathBuf};
 
 use super::{
     Authorization, AuthorizationCounters, AuthorizationId, Change, GATEWAY_EBPF, MapOp,
-    PolicyError, PolicyTable, VerdictCounters, keys::TrieKey, pin,
+    PolicyError, PolicyTable, VerdictCounters, keys::TrieKey, lease::Lease, pin,
 };
 
 /// Name of the classifier in the object.
@@ -44,6 +44,8 @@ pub struct PolicyFilter {
     auth_counters: PerCpuArray<MapData, AuthCounter>,
     table: PolicyTable,
     cpus: usize,
+    // Held for its drop, which stops the renewals.
+    _lease: Lease,
 }
 
 impl std::fmt::Debug for PolicyFilter {
@@ -90,6 +92,10 @@ impl PolicyFilter {
             .map_err(map_err(VERDICT_COUNTERS_MAP))?;
         let auth_counters = PerCpuArray::try_from(take_map(&mut ebpf, AUTH_COUNTERS_MAP)?)
             .map_err(map_err(AUTH_COUNTERS_MAP))?;
+        let lease_map: Array<MapData, u64> =
+            Array::try_from(take_map(&mut ebpf, LEASE_MAP)?).map_err(map_err(LEASE_MAP))?;
+        // Renewed from here on; set before the program can see a packet.
+        let lease = Lease::start(lease_map)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| PolicyError::Map {
             name: AUTH_COUNTERS_MAP,
             source: MapError::IoError(e),
@@ -129,6 +135,7 @@ impl PolicyFilter {
             auth_counters,
             table: PolicyTable::new(capacity, capacity),
             cpus,
+            _lease: lease,
         })
     }
 
