@@ -309,6 +309,13 @@ fn keyhole_up_reaches_only_authorised_resources_and_down_cleans_up() {
          through flow request, ICE and the WireGuard handshake",
         first.elapsed()
     );
+    for l in up.output_so_far().lines().filter(|l| {
+        ["first packet", "connecting to the gateway", "tunnel up ("]
+            .iter()
+            .any(|k| l.contains(k))
+    }) {
+        eprintln!("client: {l}");
+    }
     let warm = client
         .ping("10.20.0.10".parse().unwrap(), Duration::from_secs(2))
         .unwrap();
