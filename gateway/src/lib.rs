@@ -6,4 +6,5 @@ pub mod dns;
 pub mod nat;
 pub mod policy;
 pub mod session;
+pub mod state;
 pub mod wg;

@@ -51,6 +51,10 @@ pub struct Args {
     /// namespace. Mounted on /sys/fs/bpf if that is not bpffs yet.
     #[arg(long, env = "KEYHOLE_PIN_DIR", default_value = keyhole_gateway::policy::DEFAULT_PIN_DIR)]
     pub pin_dir: std::path::PathBuf,
+    /// Directory for state kept across restarts (the WireGuard private
+    /// key, 0600).
+    #[arg(long, env = "KEYHOLE_STATE_DIR", default_value = keyhole_gateway::state::DEFAULT_STATE_DIR)]
+    pub state_dir: std::path::PathBuf,
     /// DNS server(s) for DNS resources (IP:port, repeatable); default: the
     /// system's (/etc/resolv.conf).
     #[arg(long = "dns-server", env = "KEYHOLE_DNS_SERVER", value_delimiter = ',')]

@@ -14,7 +14,8 @@ use keyhole_gateway::dns::{Answer, DnsTable, Resolver};
 use keyhole_gateway::nat::{GatewayNat, NatConfig, NftCommand};
 use keyhole_gateway::policy::{AuthorizationId, PolicyFilter};
 use keyhole_gateway::session::{Action, Backoff, FlowInstall, Session, SessionConfig};
-use keyhole_gateway::wg::{BackendKind, InterfaceConfig, KernelWg, PrivateKey, link, resolve};
+use keyhole_gateway::state::load_or_create_key;
+use keyhole_gateway::wg::{BackendKind, InterfaceConfig, KernelWg, link, resolve};
 use keyhole_proto::TunnelAddresses;
 use tokio::net::TcpStream;
 use tokio::signal::unix::{SignalKind, signal};
@@ -118,7 +119,14 @@ pub async fn run(args: Args) -> Result<()> {
     enable_forwarding()?;
     let rtnl = link::connect()?;
     let kind = resolve(args.backend, &rtnl).await?;
-    let private_key = PrivateKey::generate();
+    let (private_key, new_key) =
+        load_or_create_key(&args.state_dir).context("loading the gateway's private key")?;
+    tracing::info!(
+        state_dir = %args.state_dir.display(),
+        public_key = %private_key.public_key(),
+        new = new_key,
+        "gateway key"
+    );
     let cfg = InterfaceConfig {
         name: args.interface.clone(),
         private_key,

@@ -315,6 +315,10 @@ fn dns_resource_reaches_the_resolved_address_through_its_proxy_ip() {
             "10.10.0.2",
             "--dns-server",
             "10.20.0.53:53",
+            "--state-dir",
+            &std::env::temp_dir()
+                .join(format!("keyhole-gwdns-state-{}", std::process::id()))
+                .to_string_lossy(),
         ]
         .map(String::from),
     );

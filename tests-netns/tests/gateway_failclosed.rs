@@ -217,8 +217,11 @@ fn gateway_binary_userspace_tun_dies_with_the_process() {
         Some("KEYHOLE_GATEWAY_BIN"),
         "`cargo build -p keyhole-gateway`",
     );
+    let state = std::env::temp_dir().join(format!("keyhole-fc-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
     let spawn = || {
         let mut cmd = in_netns(&gw, &bin);
+        cmd.arg("--state-dir").arg(&state);
         cmd.args([
             "--portal-url",
             &portal,
@@ -231,7 +234,7 @@ fn gateway_binary_userspace_tun_dies_with_the_process() {
             "--listen-port",
             "51999",
         ]);
-        cmd.env("KEYHOLE_TOKEN", "t");
+        cmd.env("KEYHOLE_TOKEN", "t").env("NO_COLOR", "1");
         gw.spawn_command(cmd).unwrap()
     };
     let pin = Path::new(DEFAULT_PIN_DIR).join(format!("gw-{}-kh-fc", netns_ino(&gw)));
@@ -268,6 +271,21 @@ fn gateway_binary_userspace_tun_dies_with_the_process() {
         second.output_so_far()
     );
     assert_eq!(ingress_ids(&gw, "kh-fc").len(), 1);
+    // The key lives in the state dir: same public key after the restart.
+    let key_of = |out: String| {
+        out.lines()
+            .find(|l| l.contains("gateway key"))
+            .and_then(|l| l.split("public_key=").nth(1))
+            .and_then(|k| k.split_whitespace().next())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no key line in:\n{out}"))
+    };
+    assert_eq!(
+        key_of(first.output_so_far()),
+        key_of(second.output_so_far())
+    );
+    assert!(first.output_so_far().contains("new=true"));
+    assert!(second.output_so_far().contains("new=false"));
     second.signal(Signal::SIGTERM).unwrap();
     let status = second.wait_timeout(Duration::from_secs(10)).unwrap();
     assert!(
@@ -282,4 +300,5 @@ fn gateway_binary_userspace_tun_dies_with_the_process() {
             .unwrap()
             .contains("keyhole_gw")
     );
+    let _ = std::fs::remove_dir_all(&state);
 }
