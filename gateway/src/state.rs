@@ -64,8 +64,12 @@ pub fn load_or_create_key(dir: &Path) -> Result<(PrivateKey, bool), StateError> 
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = PrivateKey::generate();
-            // Written aside and renamed: a crash mid-write leaves no half key.
-            let tmp = dir.join(format!("{KEY_FILE}.tmp"));
+            // Written aside, then linked into place: a crash mid-write leaves
+            // no half key, and of two gateways starting at once on one state
+            // dir exactly one key wins (the link fails if the name exists).
+            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = dir.join(format!("{KEY_FILE}.{}.{seq}.tmp", std::process::id()));
             let _ = fs::remove_file(&tmp);
             let mut f = OpenOptions::new()
                 .write(true)
@@ -74,11 +78,21 @@ pub fn load_or_create_key(dir: &Path) -> Result<(PrivateKey, bool), StateError> 
                 .open(&tmp)
                 .map_err(io(&tmp))?;
             let text = PresharedKey::from_bytes(*key.as_bytes()).expose_base64();
-            f.write_all(format!("{text}\n").as_bytes())
+            let written = f
+                .write_all(format!("{text}\n").as_bytes())
                 .and_then(|()| f.sync_all())
-                .map_err(io(&tmp))?;
-            fs::rename(&tmp, &path).map_err(io(&path))?;
-            Ok((key, true))
+                .map_err(io(&tmp));
+            let linked = written.and_then(|()| fs::hard_link(&tmp, &path).map_err(io(&path)));
+            let _ = fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => Ok((key, true)),
+                Err(StateError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                {
+                    load_or_create_key(dir)
+                }
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(io(&path)(e)),
     }
@@ -109,8 +123,29 @@ mod tests {
         let (k2, new2) = load_or_create_key(&dir).unwrap();
         assert!(!new2);
         assert_eq!(k1.public_key(), k2.public_key());
-        assert!(!dir.join("private.key.tmp").exists());
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "only the key");
         fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn racing_first_starts_agree_on_one_key() {
+        let dir = scratch("race");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (d, b) = (dir.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    b.wait();
+                    load_or_create_key(&d).unwrap()
+                })
+            })
+            .collect();
+        let runs: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(runs.iter().filter(|(_, new)| *new).count(), 1);
+        let first = runs[0].0.public_key();
+        assert!(runs.iter().all(|(k, _)| k.public_key() == first));
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "only the key");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
