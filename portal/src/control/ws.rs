@@ -314,6 +314,7 @@ async fn serve_relay(socket: WebSocket, state: ControlState, token_id: Option<Uu
     let hub = &state.hub;
     let (mut reader, conn) = start(socket, &state, RELAY_QUEUE);
     hub.with_core(|core, _| core.relay_connected(conn, token_id));
+    let mut registered = None;
     while let Some(frame) = reader.next_frame().await {
         match decode::<RelayToPortal>(&frame) {
             Ok(Decoded::Known(env)) => match env.message {
@@ -337,6 +338,7 @@ async fn serve_relay(socket: WebSocket, state: ControlState, token_id: Option<Uu
                                 load: reg.load,
                             };
                             tracing::info!(relay = %record.id, "relay registered");
+                            registered = Some(record.id);
                             hub.with_core(|core, now| {
                                 core.relay_registered(now, conn, env.id, hello)
                             });
@@ -353,7 +355,22 @@ async fn serve_relay(socket: WebSocket, state: ControlState, token_id: Option<Uu
         }
     }
     reader.finish().await;
+    // The core announces the relay gone to clients and gateways.
     hub.unregister(conn);
+    // A relay that already reconnected stays online.
+    if let Some(id) =
+        registered.filter(|id| !hub.with_core(|core, _| core.is_relay_registered(*id)))
+    {
+        tracing::info!(relay = %id, "relay disconnected");
+        if let Err(e) = state
+            .app
+            .store
+            .set_relay_presence(id, false, Utc::now())
+            .await
+        {
+            tracing::warn!(error = %e, "recording relay presence");
+        }
+    }
 }
 
 /// Register the connection with the hub and start its writer.

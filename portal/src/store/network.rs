@@ -251,6 +251,25 @@ impl Store {
         rows.into_iter().map(gateway_from_row).collect()
     }
 
+    /// A relay's control connection ended (`!online`).
+    pub async fn set_relay_presence(
+        &self,
+        id: RelayId,
+        online: bool,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let r = sqlx::query("UPDATE relays SET online = $1, last_seen_at = $2 WHERE id = $3")
+            .bind(flag(online))
+            .bind(ms(now))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::not_found("relay"));
+        }
+        Ok(())
+    }
+
     /// A registering relay, known by its addresses; marks it online.
     pub async fn register_relay(
         &self,

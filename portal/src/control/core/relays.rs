@@ -185,6 +185,13 @@ impl ControlCore {
         }
     }
 
+    /// Whether a connection has registered relay `id`.
+    pub fn is_relay_registered(&self, id: RelayId) -> bool {
+        self.relays
+            .values()
+            .any(|r| r.registered.is_some_and(|h| h.id == id))
+    }
+
     /// Relay connections opened with `token_id`.
     pub(super) fn relays_with_token(&self, token_id: Uuid) -> Vec<ConnId> {
         self.relays
