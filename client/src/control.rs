@@ -8,15 +8,19 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use keyhole_proto::dns_proxy::MAX_DNS_ASSIGNMENTS;
 use keyhole_proto::messages::{
     ClientToPortal, FlowCreated, FlowFailReason, GatewayCandidates, PortalToClient, RequestFlow,
     RevokeTarget,
 };
 use keyhole_proto::{
-    ClientId, Decoded, Envelope, FlowId, GatewayId, IceCandidate, PublicKey, RelayId, RelayInfo,
-    RequestId, Resource, ResourceAddress, ResourceId, TunnelAddresses, decode,
+    ClientId, Decoded, DnsPatternKind, DnsProxyAssignment, Envelope, FlowId, GatewayId,
+    IceCandidate, PublicKey, RelayId, RelayInfo, RequestId, Resource, ResourceAddress, ResourceId,
+    TunnelAddresses, decode,
 };
 use serde::Serialize;
+
+use crate::dns::{self, ProxyIps, Reply};
 
 /// An unanswered request is asked again after this long (the tunnel core
 /// re-reports a destination with held packets every couple of seconds).
@@ -67,17 +71,21 @@ struct GatewayConn {
     setup_latency: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Flow {
     resource_id: ResourceId,
     gateway_id: GatewayId,
+    /// What is routed to the gateway for it: the resource's address, or
+    /// the proxy IPs of the names the request carried.
+    nets: Vec<IpNet>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Request {
     id: RequestId,
     sent_at: Instant,
     first_asked: Instant,
+    nets: Vec<IpNet>,
 }
 
 /// What `keyhole status` shows.
@@ -132,6 +140,7 @@ pub struct Control {
     flows: HashMap<FlowId, Flow>,
     gateways: HashMap<GatewayId, GatewayConn>,
     next_request: u64,
+    proxy: ProxyIps,
     actions: VecDeque<Action>,
 }
 
@@ -282,7 +291,21 @@ impl Control {
     /// a flow to the resource that covers it (most specific first).
     /// Returns the resource asked for, if a request went out.
     pub fn need_flow(&mut self, now: Instant, dst: IpAddr) -> Option<ResourceId> {
-        let resource_id = self.resource_for(dst)?;
+        let (resource_id, nets, dns) = if dns::is_proxy_ip(dst) {
+            let name = self.proxy.name_of(dst)?.to_owned();
+            let resource_id = self.dns_resource_for(&name)?;
+            let (nets, dns) = self.dns_assignments(resource_id);
+            (resource_id, nets, dns)
+        } else {
+            let resource_id = self.resource_for(dst)?;
+            let nets = self
+                .resources
+                .get(&resource_id)
+                .and_then(resource_nets)
+                .into_iter()
+                .collect();
+            (resource_id, nets, Vec::new())
+        };
         if let Some((at, _)) = self.failed.get(&resource_id) {
             if now.saturating_duration_since(*at) < FAILED_HOLD_OFF {
                 return None;
@@ -290,7 +313,12 @@ impl Control {
             self.failed.remove(&resource_id);
         }
         let first_asked = match self.requests.get(&resource_id) {
-            Some(r) if now.saturating_duration_since(r.sent_at) < REQUEST_RETRY => return None,
+            Some(r)
+                if now.saturating_duration_since(r.sent_at) < REQUEST_RETRY
+                    && r.nets.iter().any(|n| n.contains(&dst)) =>
+            {
+                return None;
+            }
             Some(r) => r.first_asked,
             None => now,
         };
@@ -305,6 +333,7 @@ impl Control {
                 id,
                 sent_at: now,
                 first_asked,
+                nets,
             },
         );
         let mut connected_gateway_ids: Vec<GatewayId> = self.gateways.keys().copied().collect();
@@ -314,10 +343,66 @@ impl Control {
             ClientToPortal::RequestFlow(RequestFlow {
                 resource_id,
                 connected_gateway_ids,
-                dns: Vec::new(),
+                dns,
             }),
         )));
         Some(resource_id)
+    }
+
+    /// A query to the stub resolver: names under a DNS resource get their
+    /// proxy IPs, everything else goes upstream.
+    pub fn dns_query(&mut self, query: &[u8]) -> Reply {
+        let Some((name, _)) = dns::question(query) else {
+            return Reply::Forward;
+        };
+        if self.dns_resource_for(&name).is_none() {
+            return Reply::Forward;
+        }
+        match self.proxy.assign(&name) {
+            Some(ips) => dns::answer(query, ips),
+            None => {
+                tracing::warn!(%name, "no proxy IPs left");
+                Reply::Drop
+            }
+        }
+    }
+
+    /// The DNS resource covering `name`: exact patterns first, then the
+    /// one with the longest base.
+    pub fn dns_resource_for(&self, name: &str) -> Option<ResourceId> {
+        self.resources
+            .values()
+            .filter_map(|r| match &r.address {
+                ResourceAddress::Dns { pattern } if pattern.matches(name) => {
+                    let exact = pattern.kind() == DnsPatternKind::Exact;
+                    Some(((exact, pattern.base().len()), r.id))
+                }
+                _ => None,
+            })
+            .max_by_key(|(k, _)| *k)
+            .map(|(_, id)| id)
+    }
+
+    /// Every name answered for the resource so far, with its proxy IPs.
+    fn dns_assignments(&self, resource_id: ResourceId) -> (Vec<IpNet>, Vec<DnsProxyAssignment>) {
+        let mut names: Vec<(&String, &(std::net::Ipv4Addr, std::net::Ipv6Addr))> = self
+            .proxy
+            .iter()
+            .filter(|(n, _)| self.dns_resource_for(n) == Some(resource_id))
+            .collect();
+        names.sort();
+        names.truncate(MAX_DNS_ASSIGNMENTS);
+        let mut nets = Vec::new();
+        let mut dns = Vec::new();
+        for (name, (v4, v6)) in names {
+            nets.push(IpNet::from(IpAddr::V4(*v4)));
+            nets.push(IpNet::from(IpAddr::V6(*v6)));
+            dns.push(DnsProxyAssignment {
+                name: name.clone(),
+                proxy_ips: vec![IpAddr::V4(*v4), IpAddr::V6(*v6)],
+            });
+        }
+        (nets, dns)
     }
 
     /// The most specific IP/CIDR resource containing `dst`.
@@ -383,18 +468,31 @@ impl Control {
     }
 
     fn flow_created(&mut self, now: Instant, f: FlowCreated) {
-        let asked = self.requests.remove(&f.resource_id).map(|r| r.first_asked);
+        let request = self.requests.remove(&f.resource_id);
+        let asked = request.as_ref().map(|r| r.first_asked);
         self.failed.remove(&f.resource_id);
-        let Some(net) = self.resources.get(&f.resource_id).and_then(resource_nets) else {
-            tracing::warn!(resource = %f.resource_id, "flow for a resource without an address route");
-            return;
+        let nets = match request {
+            Some(r) => r.nets,
+            None => match self.resources.get(&f.resource_id) {
+                Some(Resource {
+                    address: ResourceAddress::Dns { .. },
+                    ..
+                }) => self.dns_assignments(f.resource_id).0,
+                Some(r) => resource_nets(r).into_iter().collect(),
+                None => Vec::new(),
+            },
         };
+        if nets.is_empty() {
+            tracing::warn!(resource = %f.resource_id, "flow for a resource with nothing to route");
+            return;
+        }
         let gateway_id = f.gateway_id;
         self.flows.insert(
             f.flow_id,
             Flow {
                 resource_id: f.resource_id,
                 gateway_id,
+                nets: nets.clone(),
             },
         );
         let same = self
@@ -417,8 +515,10 @@ impl Control {
             );
             self.actions.push_back(Action::AddConnection(Box::new(f)));
         }
-        self.actions
-            .push_back(Action::RouteToGateway { gateway_id, net });
+        for net in nets {
+            self.actions
+                .push_back(Action::RouteToGateway { gateway_id, net });
+        }
     }
 
     fn drop_resource_flows(&mut self, id: ResourceId) {
@@ -441,17 +541,10 @@ impl Control {
         let Some(flow) = self.flows.remove(&id) else {
             return;
         };
-        let still = self
-            .flows
-            .values()
-            .any(|f| f.resource_id == flow.resource_id);
-        if !still
-            && let Some(net) = self
-                .resources
-                .get(&flow.resource_id)
-                .and_then(resource_nets)
-        {
-            self.actions.push_back(Action::Unroute(net));
+        for net in &flow.nets {
+            if !self.flows.values().any(|f| f.nets.contains(net)) {
+                self.actions.push_back(Action::Unroute(*net));
+            }
         }
         let gw_used = self.flows.values().any(|f| f.gateway_id == flow.gateway_id);
         if !gw_used && self.gateways.remove(&flow.gateway_id).is_some() {
@@ -462,6 +555,13 @@ impl Control {
 
     fn push_routes(&mut self) {
         let mut nets: Vec<IpNet> = self.resources.values().filter_map(resource_nets).collect();
+        if self
+            .resources
+            .values()
+            .any(|r| matches!(r.address, ResourceAddress::Dns { .. }))
+        {
+            nets.extend([IpNet::V4(dns::PROXY_V4), IpNet::V6(dns::PROXY_V6)]);
+        }
         nets.sort();
         nets.dedup();
         self.actions.push_back(Action::SetRoutes(nets));

@@ -77,7 +77,9 @@ fn init_sets_addresses_and_routes_only_address_resources() {
         a[1],
         Action::SetRoutes(vec![
             "10.20.0.0/16".parse().unwrap(),
-            "10.20.0.10/32".parse().unwrap()
+            "10.20.0.10/32".parse().unwrap(),
+            "100.96.0.0/11".parse().unwrap(),
+            "fd00:6b68::/32".parse().unwrap(),
         ])
     );
     assert_eq!(a.len(), 2);
@@ -324,10 +326,90 @@ fn deleted_resources_lose_routes_and_flows_and_bad_frames_change_nothing() {
     assert_eq!(a[1], Action::RemoveConnection(GW.parse().unwrap()));
     assert_eq!(
         a[2],
-        Action::SetRoutes(vec!["10.20.0.0/16".parse().unwrap()])
+        Action::SetRoutes(vec![
+            "10.20.0.0/16".parse().unwrap(),
+            "100.96.0.0/11".parse().unwrap(),
+            "fd00:6b68::/32".parse().unwrap(),
+        ])
     );
     assert_eq!(
         c.need_flow(now, "10.20.0.10".parse().unwrap()),
         Some(R_NET.parse().unwrap())
+    );
+}
+
+fn dns_query(name: &str) -> Vec<u8> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut m = Message::new();
+    m.set_id(7)
+        .add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    m.to_vec().unwrap()
+}
+
+fn answered_ip(reply: crate::dns::Reply) -> IpAddr {
+    let crate::dns::Reply::Answer(a) = reply else {
+        panic!("{reply:?}")
+    };
+    let m = hickory_proto::op::Message::from_vec(&a).unwrap();
+    match m.answers()[0].data() {
+        hickory_proto::rr::RData::A(a) => IpAddr::V4(a.0),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn dns_names_get_proxy_ips_and_the_first_packet_asks_with_all_names() {
+    let now = t0();
+    let mut c = up(now);
+    drain(&mut c);
+    // Not a resource: upstream.
+    assert_eq!(
+        c.dns_query(&dns_query("example.com.")),
+        crate::dns::Reply::Forward
+    );
+    let ip = answered_ip(c.dns_query(&dns_query("WIKI.corp.")));
+    assert_eq!(answered_ip(c.dns_query(&dns_query("wiki.corp."))), ip);
+    assert!(crate::dns::is_proxy_ip(ip));
+    // Answering asks for nothing; the first packet to the proxy IP does.
+    assert!(drain(&mut c).is_empty());
+    assert_eq!(c.need_flow(now, ip), Some(R_DNS.parse().unwrap()));
+    let a = drain(&mut c);
+    let Action::Send(Envelope {
+        message: ClientToPortal::RequestFlow(r),
+        ..
+    }) = &a[0]
+    else {
+        panic!("{a:?}")
+    };
+    assert_eq!(r.dns.len(), 1);
+    assert_eq!(r.dns[0].name, "wiki.corp");
+    assert_eq!(r.dns[0].proxy_ips[0], ip);
+    keyhole_proto::check_dns_assignments(Some(&"wiki.corp".parse().unwrap()), &r.dns).unwrap();
+    // An unassigned proxy IP asks for nothing.
+    assert_eq!(c.need_flow(now, "100.96.9.9".parse().unwrap()), None);
+    // The flow routes exactly the proxy IPs it carried.
+    c.handle_frame(
+        now,
+        &flow_created("00000000-0000-0000-0000-0000000000f1", R_DNS, 7),
+    );
+    let a = drain(&mut c);
+    let routed: Vec<IpNet> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::RouteToGateway { net, .. } => Some(*net),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(routed.len(), 2);
+    assert_eq!(routed[0], IpNet::from(ip));
+    assert_eq!(
+        c.status()
+            .resources
+            .iter()
+            .find(|r| r.id == R_DNS)
+            .unwrap()
+            .state,
+        "connected"
     );
 }

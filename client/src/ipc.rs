@@ -20,6 +20,11 @@ pub fn socket_path(runtime: &Path) -> PathBuf {
 pub struct Record {
     pub pid: u32,
     pub tun: String,
+    /// The resolver file `up` rewrote and where its original is kept.
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
+    #[serde(default)]
+    pub resolv_backup: Option<PathBuf>,
 }
 
 impl Record {
@@ -91,6 +96,7 @@ mod tests {
         let r = Record {
             pid: 42,
             tun: "kh0".into(),
+            ..Record::default()
         };
         r.write(&dir).unwrap();
         assert_eq!(Record::read(&dir), Some(r));

@@ -7,11 +7,15 @@ mod backoff;
 mod control;
 mod dirs;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+mod dns;
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod ipc;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod keys;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 mod platform;
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+mod resolv;
 #[cfg(target_os = "linux")]
 mod up;
 
@@ -62,6 +66,15 @@ enum Command {
         /// Offer only these addresses as ICE host candidates.
         #[arg(long)]
         advertise: Vec<IpAddr>,
+        /// Resolver file pointed at the DNS stub while up.
+        #[arg(long, env = "KEYHOLE_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+        resolv_conf: PathBuf,
+        /// Leave the system resolver alone (no DNS resources then).
+        #[arg(long)]
+        no_dns: bool,
+        /// Upstream resolvers [default: the resolver file's nameservers].
+        #[arg(long, value_delimiter = ',')]
+        upstream_dns: Vec<std::net::SocketAddr>,
     },
     /// Stop the running `keyhole up` (or clean up after a killed one).
     Down {
@@ -99,6 +112,9 @@ fn main() -> Result<()> {
             listen_port,
             name,
             advertise,
+            resolv_conf,
+            no_dns,
+            upstream_dns,
         } => {
             #[cfg(target_os = "linux")]
             {
@@ -115,11 +131,14 @@ fn main() -> Result<()> {
                     listen_port,
                     name,
                     advertise,
+                    resolv_conf: (!no_dns).then_some(resolv_conf),
+                    upstream_dns,
                 }))
             }
             #[cfg(not(target_os = "linux"))]
             {
                 let _ = (portal_url, token, tun_name, listen_port, name, advertise);
+                let _ = (resolv_conf, no_dns, upstream_dns);
                 let _ = (state_dir, runtime_dir);
                 bail!("`keyhole up` is only implemented on Linux so far")
             }

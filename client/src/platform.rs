@@ -20,6 +20,8 @@ pub use unsupported::Unsupported as Native;
 pub trait Platform {
     /// Puts the client's tunnel addresses on the TUN and brings it up.
     fn set_addresses(&mut self, tun: &str, addresses: TunnelAddresses) -> Result<()>;
+    /// Puts the stub resolver's address on the TUN.
+    fn add_dns_address(&mut self, tun: &str, ip: IpAddr) -> Result<()>;
     /// Routes `net` into the TUN, from `src` where given.
     fn add_route(&mut self, tun: &str, net: IpNet, src: Option<IpAddr>) -> Result<()>;
     fn remove_route(&mut self, tun: &str, net: IpNet) -> Result<()>;

@@ -17,7 +17,7 @@ use keyhole_tunnel::turn::TurnConfig;
 use keyhole_tunnel::{ConnectionConfig, Event, Node, NodeConfig, Role};
 use rand::RngCore as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::{TcpStream, UnixListener};
+use tokio::net::{TcpStream, UdpSocket as TokioUdp, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -34,6 +34,7 @@ use crate::control::{Action, Control, PathKind, Status};
 use crate::ipc::{self, Record};
 use crate::keys;
 use crate::platform::{Native, Platform};
+use crate::{dns, resolv};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -54,6 +55,10 @@ pub struct UpArgs {
     pub listen_port: u16,
     pub name: Option<String>,
     pub advertise: Vec<IpAddr>,
+    /// The resolver file to point at the stub; `None`: leave DNS alone.
+    pub resolv_conf: Option<PathBuf>,
+    /// Upstream resolvers [default: the resolver file's nameservers].
+    pub upstream_dns: Vec<SocketAddr>,
 }
 
 type StatusRequest = (String, oneshot::Sender<String>);
@@ -96,12 +101,19 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .mtu(MTU)
         .build_sync()
         .with_context(|| format!("creating TUN {}", args.tun))?;
+    let backup = args.state_dir.join(resolv::BACKUP);
     Record {
         pid: std::process::id(),
         tun: args.tun.clone(),
+        resolv_conf: args.resolv_conf.clone(),
+        resolv_backup: args.resolv_conf.as_ref().map(|_| backup.clone()),
     }
     .write(&args.runtime_dir)?;
     let handle = spawn(node, udp, tun, ShellConfig::default()).context("starting the tunnel")?;
+    let stub = match &args.resolv_conf {
+        Some(path) => Some(start_dns(&args, path, &backup).await?),
+        None => None,
+    };
     tracing::info!(tun = %args.tun, %public_key, ?hosts, "tunnel up; connecting to the portal");
 
     let mut plane = Plane {
@@ -125,8 +137,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let server = tokio::spawn(serve_status(listener, status_tx));
 
     let url = client_url(&args, &public_key.to_string())?;
-    let result = event_loop(&args, &url, &mut plane, status_rx).await;
+    let result = event_loop(&args, &url, &mut plane, status_rx, stub).await;
     tracing::info!("shutting down");
+    if let Some(path) = &args.resolv_conf
+        && let Err(e) = resolv::restore(path, &backup)
+    {
+        tracing::error!(error = %format!("{e:#}"), "restoring the resolver");
+    }
     server.abort();
     plane.shutdown();
     let _ = std::fs::remove_file(&sock);
@@ -143,6 +160,9 @@ pub fn clean_stale(runtime: &Path, tun: &str) -> Result<()> {
             bail!("`keyhole up` is already running (pid {})", r.pid);
         }
         tracing::info!(tun = %r.tun, pid = r.pid, "cleaning up after an earlier run");
+        if let (Some(path), Some(backup)) = (&r.resolv_conf, &r.resolv_backup) {
+            resolv::restore(path, backup)?;
+        }
         platform.remove_tun(&r.tun)?;
         Record::remove(runtime);
     }
@@ -159,7 +179,9 @@ async fn event_loop(
     url: &str,
     plane: &mut Plane,
     mut status_rx: mpsc::Receiver<StatusRequest>,
+    stub: Option<Stub>,
 ) -> Result<()> {
+    let mut dns_buf = vec![0u8; 4096];
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut control = Control::new();
@@ -173,6 +195,14 @@ async fn event_loop(
             _ = sigterm.recv() => return Ok(()),
             _ = sigint.recv() => return Ok(()),
             _ = events.tick() => plane.drain_events(&mut control),
+            r = recv_dns(&stub, &mut dns_buf) => match r {
+                Ok((n, from)) => {
+                    if let Some(stub) = &stub {
+                        stub.handle(&mut control, &dns_buf[..n], from).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "DNS socket"),
+            },
             Some((req, reply)) = status_rx.recv() => {
                 match req.trim() {
                     "status" => {
@@ -469,6 +499,85 @@ impl Plane {
             tracing::warn!(error = %format!("{e:#}"), "removing the TUN");
         }
     }
+}
+
+/// The stub resolver: a socket on the sentinel address and the upstreams.
+struct Stub {
+    socket: std::sync::Arc<TokioUdp>,
+    upstream: Vec<SocketAddr>,
+}
+
+impl Stub {
+    async fn handle(&self, control: &mut Control, query: &[u8], from: SocketAddr) {
+        match control.dns_query(query) {
+            dns::Reply::Answer(a) => {
+                if let Err(e) = self.socket.send_to(&a, from).await {
+                    tracing::debug!(error = %e, "DNS answer");
+                }
+            }
+            dns::Reply::Drop => {}
+            dns::Reply::Forward => {
+                let Some(up) = self.upstream.first().copied() else {
+                    return;
+                };
+                let socket = self.socket.clone();
+                let query = query.to_vec();
+                // Each forwarded query on its own socket: the upstream's
+                // answer goes back unchanged, transaction id and all.
+                tokio::spawn(async move {
+                    let bind: SocketAddr = if up.is_ipv4() {
+                        (Ipv4Addr::UNSPECIFIED, 0).into()
+                    } else {
+                        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                    };
+                    let Ok(s) = TokioUdp::bind(bind).await else {
+                        return;
+                    };
+                    if s.send_to(&query, up).await.is_err() {
+                        return;
+                    }
+                    let mut buf = vec![0u8; 4096];
+                    if let Ok(Ok((n, _))) =
+                        tokio::time::timeout(Duration::from_secs(3), s.recv_from(&mut buf)).await
+                    {
+                        let _ = socket.send_to(&buf[..n], from).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn recv_dns(stub: &Option<Stub>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    match stub {
+        Some(s) => s.socket.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Binds the stub on the sentinel address and points the system at it.
+async fn start_dns(args: &UpArgs, path: &Path, backup: &Path) -> Result<Stub> {
+    let mut platform = Native;
+    platform.add_dns_address(&args.tun, IpAddr::V4(dns::SENTINEL))?;
+    let socket = TokioUdp::bind((dns::SENTINEL, 53))
+        .await
+        .with_context(|| format!("binding the DNS stub on {}:53", dns::SENTINEL))?;
+    // A backup left by a crash holds the real upstreams.
+    let source = if backup.exists() { backup } else { path };
+    let mut upstream = args.upstream_dns.clone();
+    if upstream.is_empty() {
+        let text = std::fs::read_to_string(source).unwrap_or_default();
+        upstream = resolv::nameservers(&text)
+            .into_iter()
+            .filter(|a| a.ip() != IpAddr::V4(dns::SENTINEL))
+            .collect();
+    }
+    resolv::switch(path, backup, IpAddr::V4(dns::SENTINEL))?;
+    tracing::info!(stub = %dns::SENTINEL, ?upstream, resolv_conf = %path.display(), "DNS stub up");
+    Ok(Stub {
+        socket: std::sync::Arc::new(socket),
+        upstream,
+    })
 }
 
 async fn serve_status(listener: UnixListener, tx: mpsc::Sender<StatusRequest>) {

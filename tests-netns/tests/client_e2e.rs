@@ -17,8 +17,12 @@
 #[path = "tunnel_common.rs"]
 mod common;
 
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -97,6 +101,9 @@ fn spawn_up(ns: &Netns, dir: &Path, token: &str) -> Proc {
             "kh0",
             "--advertise",
             "10.10.0.1",
+            // Never the host's own file.
+            "--resolv-conf",
+            dir.join("resolv.conf").to_str().unwrap(),
         ],
     );
     cmd.env("KEYHOLE_TOKEN", token);
@@ -112,6 +119,98 @@ fn dport_7001(res: &Netns) -> u64 {
     let mut words = line.split_whitespace();
     words.find(|w| *w == "packets");
     words.next().unwrap().parse().unwrap()
+}
+
+/// A minimal authoritative DNS server in `ns`: A records only, NXDOMAIN
+/// for unknown names.
+struct DnsServer {
+    stop: Arc<AtomicBool>,
+}
+
+impl DnsServer {
+    fn start(ns: &Netns, addr: SocketAddr, records: &[(&str, Ipv4Addr)]) -> DnsServer {
+        let sock = ns.enter(|| UdpSocket::bind(addr)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let records: HashMap<String, Ipv4Addr> =
+            records.iter().map(|(n, i)| (n.to_string(), *i)).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !s.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Some(reply) = dns_answer(&buf[..n], &records) {
+                    let _ = sock.send_to(&reply, from);
+                }
+            }
+        });
+        DnsServer { stop }
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn qname(q: &[u8]) -> Option<(String, usize)> {
+    let mut i = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *q.get(i)? as usize;
+        i += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(q.get(i..i + len)?).to_lowercase());
+        i += len;
+    }
+    Some((labels.join("."), i))
+}
+
+fn dns_answer(q: &[u8], records: &HashMap<String, Ipv4Addr>) -> Option<Vec<u8>> {
+    if q.len() < 12 || q[2] & 0x80 != 0 {
+        return None;
+    }
+    let (name, i) = qname(q)?;
+    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
+    let record = records.get(&name).copied();
+    let mut r = Vec::with_capacity(64);
+    r.extend_from_slice(&q[0..2]);
+    r.extend_from_slice(&[0x84 | (q[2] & 0x01), if record.is_some() { 0 } else { 3 }]);
+    let an = u16::from(record.is_some() && qtype == 1);
+    r.extend_from_slice(&[0, 1]);
+    r.extend_from_slice(&an.to_be_bytes());
+    r.extend_from_slice(&[0, 0, 0, 0]);
+    r.extend_from_slice(q.get(12..i + 4)?);
+    if let (Some(ip), 1) = (record, qtype) {
+        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4]);
+        r.extend_from_slice(&ip.octets());
+    }
+    Some(r)
+}
+
+/// Asks `server` for `name`'s A record from inside `ns`.
+fn resolve(ns: &Netns, server: &str, name: &str) -> Option<Ipv4Addr> {
+    let mut q = vec![0x4b, 0x48, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let sock = ns.enter(|| UdpSocket::bind("0.0.0.0:0")).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    sock.send_to(&q, server).unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = sock.recv_from(&mut buf).ok()?;
+    let r = &buf[..n];
+    assert_eq!(&r[..2], &q[..2], "transaction id");
+    let answers = u16::from_be_bytes([r[6], r[7]]);
+    (answers > 0).then(|| Ipv4Addr::new(r[n - 4], r[n - 3], r[n - 2], r[n - 1]))
 }
 
 fn routes(ns: &Netns) -> String {
@@ -238,6 +337,37 @@ fn keyhole_up_reaches_only_authorised_resources_and_down_cleans_up() {
         "/policies",
         &format!(r#"{{"group_id":"{group}","resource_id":"{r_ok}"}}"#),
     ));
+    let r_wiki = id(&api(
+        &gw,
+        &admin,
+        "POST",
+        "/resources",
+        &format!(
+            r#"{{"name":"wiki","address":{{"kind":"dns","pattern":"wiki.corp"}},"site_ids":["{site}"]}}"#
+        ),
+    ));
+    api(
+        &gw,
+        &admin,
+        "POST",
+        "/policies",
+        &format!(r#"{{"group_id":"{group}","resource_id":"{r_wiki}"}}"#),
+    );
+    // The site's DNS (the gateway resolves wiki.corp there) and the
+    // client's own upstream resolver.
+    res.add_addr("eth0", "10.20.0.53/24").unwrap();
+    let _site_dns = DnsServer::start(
+        &res,
+        "10.20.0.53:53".parse().unwrap(),
+        &[("wiki.corp", Ipv4Addr::new(10, 20, 0, 12))],
+    );
+    let _isp_dns = DnsServer::start(
+        &gw,
+        "10.10.0.2:53".parse().unwrap(),
+        &[("plain.example", Ipv4Addr::new(192, 0, 2, 7))],
+    );
+    let resolv_conf = dir.join("resolv.conf");
+    std::fs::write(&resolv_conf, "nameserver 10.10.0.2\n").unwrap();
 
     let mut cmd = gw.command(
         built_binary(
@@ -256,6 +386,8 @@ fn keyhole_up_reaches_only_authorised_resources_and_down_cleans_up() {
             "kh-gw",
             "--advertise",
             "10.10.0.2",
+            "--dns-server",
+            "10.20.0.53:53",
         ]
         .map(String::from),
     );
@@ -374,6 +506,41 @@ fn keyhole_up_reaches_only_authorised_resources_and_down_cleans_up() {
         0o600
     );
 
+    // DNS: the system resolver points at the stub; other names go to the
+    // original upstream unchanged; the DNS resource's name gets a proxy IP
+    // whose first packet brings up a flow to the name's real address.
+    let rc = std::fs::read_to_string(&resolv_conf).unwrap();
+    assert!(rc.contains("nameserver 100.100.100.100"), "{rc}");
+    assert_eq!(
+        resolve(&client, "100.100.100.100:53", "plain.example"),
+        Some(Ipv4Addr::new(192, 0, 2, 7))
+    );
+    assert_eq!(
+        resolve(&client, "100.100.100.100:53", "nothing.example"),
+        None
+    );
+    let proxy = resolve(&client, "100.100.100.100:53", "wiki.corp").expect("proxy IP");
+    assert_eq!(proxy.octets()[..2], [100, 96], "{proxy}");
+    assert_eq!(
+        resolve(&client, "100.100.100.100:53", "wiki.corp"),
+        Some(proxy),
+        "proxy IPs are stable"
+    );
+    // Each `ping_ok` is a new ICMP id, so a new conntrack entry at the
+    // gateway: the first one may be pinned untranslated if it arrives
+    // before the gateway's own lookup of the name has filled its DNAT map.
+    let first = Instant::now();
+    let mut tries = 0;
+    wait_until(Duration::from_secs(20), "ping to the proxy IP", || {
+        tries += 1;
+        ping_ok(&client, &proxy.to_string())
+    });
+    eprintln!(
+        "DNS resource: first answered ping {:?} after the first packet ({tries} ping ids)",
+        first.elapsed()
+    );
+    assert!(received(&res, "10.20.0.12") >= 1);
+
     // The portal dies: the established tunnel keeps working.
     portal.kill().unwrap();
     up.wait_for_output("reconnecting", Duration::from_secs(10))
@@ -424,14 +591,9 @@ fn keyhole_up_reaches_only_authorised_resources_and_down_cleans_up() {
         "client route gone {:?} after the policy was deleted",
         revoked.elapsed()
     );
-    let status: Value =
-        serde_json::from_str(&keyhole_run(&client, &dir, &["status", "--json"])).unwrap();
-    assert_eq!(
-        status["connections"].as_array().unwrap().len(),
-        0,
-        "{status}"
-    );
     assert!(!ping_ok(&client, "10.20.0.10"));
+    // The DNS resource's flow is untouched.
+    assert!(ping_ok(&client, &proxy.to_string()));
 
     // `keyhole down` stops `up`, which removes the TUN and its routes.
     let down = Instant::now();
@@ -443,6 +605,10 @@ fn keyhole_up_reaches_only_authorised_resources_and_down_cleans_up() {
     assert!(!routes(&client).contains("kh0"), "{}", routes(&client));
     assert!(!dir.join("run/up.json").exists());
     assert!(!sock.exists());
+    assert_eq!(
+        std::fs::read_to_string(&resolv_conf).unwrap(),
+        "nameserver 10.10.0.2\n"
+    );
 
     // After a SIGKILL, `keyhole down` cleans up what is left (the kernel
     // drops a TUN whose last fd closes, so only the record and socket
@@ -453,11 +619,21 @@ fn keyhole_up_reaches_only_authorised_resources_and_down_cleans_up() {
     assert!(dir.join("run/up.json").exists());
     up.signal(Signal::SIGKILL).unwrap();
     let _ = up.wait_timeout(Duration::from_secs(5));
+    assert!(
+        std::fs::read_to_string(&resolv_conf)
+            .unwrap()
+            .contains("100.100.100.100")
+    );
     client
         .ip(["tuntap", "add", "dev", "kh0", "mode", "tun"])
         .unwrap();
     let out = keyhole_run(&client, &dir, &["down"]);
     assert!(out.contains("cleaning up"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&resolv_conf).unwrap(),
+        "nameserver 10.10.0.2\n",
+        "resolver restored after a SIGKILL"
+    );
     assert!(client.ip(["link", "show", "kh0"]).is_err());
     assert!(!dir.join("run/up.json").exists());
 

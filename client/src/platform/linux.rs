@@ -27,6 +27,12 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+fn ip_cmd_addr(tun: &str, addr: IpAddr) -> Result<()> {
+    ip(&["link", "set", tun, "up"])?;
+    let host = if addr.is_ipv4() { 32 } else { 128 };
+    ip(&["addr", "replace", &format!("{addr}/{host}"), "dev", tun])
+}
+
 impl Platform for Linux {
     fn set_addresses(&mut self, tun: &str, t: TunnelAddresses) -> Result<()> {
         ip(&["link", "set", tun, "up"])?;
@@ -44,6 +50,10 @@ impl Platform for Linux {
             tracing::warn!(error = %format!("{e:#}"), "no IPv6 tunnel address");
         }
         Ok(())
+    }
+
+    fn add_dns_address(&mut self, tun: &str, ip: IpAddr) -> Result<()> {
+        ip_cmd_addr(tun, ip)
     }
 
     fn add_route(&mut self, tun: &str, net: IpNet, src: Option<IpAddr>) -> Result<()> {

@@ -15,6 +15,9 @@ impl Platform for Unsupported {
     fn set_addresses(&mut self, _: &str, _: TunnelAddresses) -> Result<()> {
         bail!("tunnel addresses are not implemented on this platform yet")
     }
+    fn add_dns_address(&mut self, _: &str, _: IpAddr) -> Result<()> {
+        bail!("DNS is not implemented on this platform yet")
+    }
     fn add_route(&mut self, _: &str, _: IpNet, _: Option<IpAddr>) -> Result<()> {
         bail!("routes are not implemented on this platform yet")
     }
