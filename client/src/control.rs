@@ -358,7 +358,11 @@ impl Control {
         if self.dns_resource_for(&name).is_none() {
             return Reply::Forward;
         }
-        match self.proxy.assign(&name) {
+        let own: Vec<IpAddr> = self
+            .tunnel
+            .map(|t| vec![t.ipv4.into(), t.ipv6.into()])
+            .unwrap_or_default();
+        match self.proxy.assign(&name, &own) {
             Some(ips) => dns::answer(query, ips),
             None => {
                 tracing::warn!(%name, "no proxy IPs left");

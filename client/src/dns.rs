@@ -38,22 +38,24 @@ pub struct ProxyIps {
 impl ProxyIps {
     /// The name's proxy IPs, assigned on first use (names are compared
     /// lower-case, without the trailing dot). `None` once the pool is spent.
-    pub fn assign(&mut self, name: &str) -> Option<(Ipv4Addr, Ipv6Addr)> {
+    /// `avoid` are addresses of this client (the portal hands out tunnel
+    /// addresses from the whole tunnel range, proxy range included).
+    pub fn assign(&mut self, name: &str, avoid: &[IpAddr]) -> Option<(Ipv4Addr, Ipv6Addr)> {
         let name = normalise(name);
         if let Some(p) = self.by_name.get(&name) {
             return Some(*p);
         }
-        let v4 = loop {
+        let (v4, v6) = loop {
             self.next = self.next.checked_add(1)?;
             if self.next >= 1 << (32 - PROXY_V4.prefix_len()) {
                 return None;
             }
-            let ip = Ipv4Addr::from(u32::from(PROXY_V4.network()) + self.next);
-            if ip != SENTINEL {
-                break ip;
+            let v4 = Ipv4Addr::from(u32::from(PROXY_V4.network()) + self.next);
+            let v6 = Ipv6Addr::from(u128::from(PROXY_V6.network()) + u128::from(self.next));
+            if v4 != SENTINEL && !avoid.contains(&v4.into()) && !avoid.contains(&v6.into()) {
+                break (v4, v6);
             }
         };
-        let v6 = Ipv6Addr::from(u128::from(PROXY_V6.network()) + u128::from(self.next));
         self.by_name.insert(name.clone(), (v4, v6));
         self.by_ip.insert(IpAddr::V4(v4), name.clone());
         self.by_ip.insert(IpAddr::V6(v6), name);
@@ -152,10 +154,16 @@ mod tests {
     #[test]
     fn proxy_ips_are_stable_per_name_and_map_back() {
         let mut p = ProxyIps::default();
-        let a = p.assign("Wiki.Corp.").unwrap();
-        let b = p.assign("git.corp").unwrap();
+        let own: IpAddr = "100.96.0.1".parse().unwrap();
+        let a = p.assign("Wiki.Corp.", &[own]).unwrap();
+        assert_eq!(
+            a.0,
+            "100.96.0.2".parse::<Ipv4Addr>().unwrap(),
+            "own address skipped"
+        );
+        let b = p.assign("git.corp", &[]).unwrap();
         assert_ne!(a, b);
-        assert_eq!(p.assign("wiki.corp"), Some(a));
+        assert_eq!(p.assign("wiki.corp", &[]), Some(a));
         assert!(PROXY_V4.contains(&a.0) && PROXY_V6.contains(&a.1));
         assert_eq!(p.name_of(IpAddr::V4(a.0)), Some("wiki.corp"));
         assert_eq!(p.name_of(IpAddr::V6(b.1)), Some("git.corp"));
@@ -170,11 +178,11 @@ mod tests {
             next: u32::from(SENTINEL) - u32::from(PROXY_V4.network()) - 1,
             ..Default::default()
         };
-        let (v4, _) = p.assign("x.corp").unwrap();
+        let (v4, _) = p.assign("x.corp", &[]).unwrap();
         assert_eq!(u32::from(v4), u32::from(SENTINEL) + 1);
         p.next = (1 << 21) - 2;
-        assert!(p.assign("last.corp").is_some());
-        assert_eq!(p.assign("none.corp"), None);
+        assert!(p.assign("last.corp", &[]).is_some());
+        assert_eq!(p.assign("none.corp", &[]), None);
     }
 
     #[test]
