@@ -431,6 +431,29 @@ fn keyhole_up_reaches_only_authorised_resources_and_down_cleans_up() {
         "private key logged"
     );
 
+    // A second `up` next to the running one refuses and touches nothing.
+    let mut second = keyhole(
+        &client,
+        &dir,
+        &[
+            "up",
+            "--portal-url",
+            &format!("http://{PORTAL}"),
+            "--tun-name",
+            "kh0",
+            "--resolv-conf",
+            dir.join("resolv.conf").to_str().unwrap(),
+        ],
+    );
+    let out = second.env("KEYHOLE_TOKEN", &sa_token).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(client.ip(["link", "show", "kh0"]).is_ok());
+
     // The first packet: buffered, flow requested, tunnel built, delivered.
     let first = Instant::now();
     let rtt = client
@@ -608,6 +631,13 @@ fn keyhole_up_reaches_only_authorised_resources_and_down_cleans_up() {
     assert_eq!(
         std::fs::read_to_string(&resolv_conf).unwrap(),
         "nameserver 10.10.0.2\n"
+    );
+    let out = keyhole(&client, &dir, &["status"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is `keyhole up` running?"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // After a SIGKILL, `keyhole down` cleans up what is left (the kernel
