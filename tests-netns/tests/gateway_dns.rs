@@ -302,6 +302,7 @@ fn dns_resource_reaches_the_resolved_address_through_its_proxy_ip() {
         Some("KEYHOLE_GATEWAY_BIN"),
         "`cargo build -p keyhole-gateway`",
     );
+    let state = std::env::temp_dir().join(format!("keyhole-gwdns-state-{}", std::process::id()));
     let mut cmd = gw.command(
         gw_bin.to_str().unwrap(),
         [
@@ -316,9 +317,7 @@ fn dns_resource_reaches_the_resolved_address_through_its_proxy_ip() {
             "--dns-server",
             "10.20.0.53:53",
             "--state-dir",
-            &std::env::temp_dir()
-                .join(format!("keyhole-gwdns-state-{}", std::process::id()))
-                .to_string_lossy(),
+            &state.to_string_lossy(),
         ]
         .map(String::from),
     );
@@ -485,4 +484,5 @@ fn dns_resource_reaches_the_resolved_address_through_its_proxy_ip() {
         "{}",
         gateway.output_so_far()
     );
+    let _ = std::fs::remove_dir_all(&state);
 }
