@@ -388,6 +388,8 @@ fn keyhole_up_reaches_only_authorised_resources_and_down_cleans_up() {
             "10.10.0.2",
             "--dns-server",
             "10.20.0.53:53",
+            "--state-dir",
+            dir.join("gateway").to_str().unwrap(),
         ]
         .map(String::from),
     );
