@@ -656,6 +656,21 @@ fn keyhole_up_reaches_only_authorised_resources_and_down_cleans_up() {
             .unwrap()
             .contains("100.100.100.100")
     );
+    // The next `up` cleans up after the killed one first: the resolver
+    // file's original survives (it is what the new backup holds).
+    let mut up = spawn_up(&client, &dir, &sa_token);
+    up.wait_for_output("tunnel up", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", up.output_so_far()));
+    assert!(
+        up.output_so_far()
+            .contains("cleaning up after an earlier run")
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("state/resolv.conf.keyhole-backup")).unwrap(),
+        "nameserver 10.10.0.2\n"
+    );
+    up.signal(Signal::SIGKILL).unwrap();
+    let _ = up.wait_timeout(Duration::from_secs(5));
     client
         .ip(["tuntap", "add", "dev", "kh0", "mode", "tun"])
         .unwrap();
