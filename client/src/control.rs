@@ -280,8 +280,19 @@ impl Control {
                 }
             }
             PortalToClient::Error(e) => {
+                // A refused request is held off like a failed flow, so the
+                // tunnel's re-reports do not turn into a request loop.
                 let to = env.reply_to;
-                self.requests.retain(|_, r| Some(r.id) != to);
+                let refused: Vec<ResourceId> = self
+                    .requests
+                    .iter()
+                    .filter(|(_, r)| to.is_some() && Some(r.id) == to)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in refused {
+                    self.requests.remove(&id);
+                    self.failed.insert(id, (now, FlowFailReason::Unknown));
+                }
                 tracing::warn!(code = ?e.code, message = %e.message, "portal error");
             }
         }

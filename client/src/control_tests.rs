@@ -413,3 +413,44 @@ fn dns_names_get_proxy_ips_and_the_first_packet_asks_with_all_names() {
         "connected"
     );
 }
+
+#[test]
+fn an_error_reply_to_a_request_holds_off_like_a_failure() {
+    let now = t0();
+    let mut c = up(now);
+    drain(&mut c);
+    c.need_flow(now, "10.20.0.10".parse().unwrap());
+    let a = drain(&mut c);
+    let Action::Send(env) = &a[0] else {
+        panic!("{a:?}")
+    };
+    let id = env.id.unwrap().0;
+    c.handle_frame(
+        now,
+        &frame(serde_json::json!({"v":1,"type":"error","reply_to": id,
+            "payload":{"code":"bad_request","message":"no"}})),
+    );
+    assert_eq!(
+        c.need_flow(now + Duration::from_secs(1), "10.20.0.10".parse().unwrap()),
+        None
+    );
+    assert!(
+        c.need_flow(now + FAILED_HOLD_OFF, "10.20.0.10".parse().unwrap())
+            .is_some()
+    );
+    // An error that answers nothing of ours changes nothing.
+    c.handle_frame(
+        now,
+        &frame(serde_json::json!({"v":1,"type":"error",
+            "payload":{"code":"internal","message":"?"}})),
+    );
+    assert_eq!(
+        c.status()
+            .resources
+            .iter()
+            .find(|r| r.id == R_IP)
+            .unwrap()
+            .state,
+        "requested"
+    );
+}
