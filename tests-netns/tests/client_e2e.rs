@@ -3,11 +3,16 @@
 //! (userspace backend) and the real `keyhole up` in its own namespace.
 //! The first packet to a resource makes the client ask for a flow, build
 //! the tunnel and deliver it; an address without a policy gets nothing;
-//! `keyhole status` shows the connection; tunnels survive the portal's
-//! death; `keyhole down` removes TUN and routes, also after a SIGKILL.
+//! `keyhole status` shows the connection; the DNS stub answers a DNS
+//! resource's name with a proxy IP that reaches the name's address through
+//! the gateway and passes other names upstream; tunnels survive the
+//! portal's death; deleting a policy removes the route; `keyhole down`
+//! removes TUN and routes and restores the resolver file, also after a
+//! SIGKILL.
 //!
 //! ```text
-//!  client 10.10.0.1 ── 10.10.0.2 gateway+portal 10.20.0.1 ── 10.20.0.10/.11/.12 res
+//!  client 10.10.0.1 ── 10.10.0.2 gateway+portal 10.20.0.1 ── 10.20.0.10/.11/.12/.53 res
+//!                      (+ upstream DNS :53)                   (.53: the site's DNS)
 //! ```
 //!
 //! Needs root and the binaries: `cargo build -p keyhole-portal -p
