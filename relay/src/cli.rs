@@ -31,13 +31,25 @@ pub struct Args {
     pub relay_ip: Vec<IpAddr>,
     #[arg(long, env = "KEYHOLE_RELAY_REALM", default_value = "keyhole")]
     pub realm: String,
-    /// Shared secret TURN passwords are derived from.
+    /// Shared secret TURN passwords are derived from. Not needed with
+    /// `--portal-url`: the portal hands the relay its secret.
     #[arg(
         long = "static-auth-secret",
         env = "KEYHOLE_RELAY_SECRET",
-        hide_env_values = true
+        hide_env_values = true,
+        required_unless_present = "portal_url"
     )]
-    pub static_auth_secret: String,
+    pub static_auth_secret: Option<String>,
+    /// Register with this portal (http(s):// or ws(s)://), receive the TURN
+    /// secret from it and report load to it.
+    #[arg(long = "portal-url", env = "KEYHOLE_PORTAL_URL", requires = "token")]
+    pub portal_url: Option<String>,
+    /// Relay token issued by the portal (with `--portal-url`).
+    #[arg(long, env = "KEYHOLE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// How often load is reported to the portal.
+    #[arg(long = "heartbeat-secs", default_value_t = 30)]
+    pub heartbeat_secs: u64,
     #[arg(
         long = "min-port",
         env = "KEYHOLE_RELAY_MIN_PORT",

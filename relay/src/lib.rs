@@ -5,14 +5,16 @@ mod batch;
 pub mod cli;
 mod event_loop;
 pub mod metrics;
+pub mod portal;
 mod ports;
 pub mod stats;
 mod tcp;
 pub mod xdp;
 
 use std::io::Read as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use keyhole_stun::server::ServerConfig;
@@ -43,14 +45,9 @@ fn random_secret() -> anyhow::Result<[u8; 32]> {
     Ok(secret)
 }
 
-fn config(args: &Args) -> anyhow::Result<ServerConfig> {
-    if args.min_port > args.max_port {
-        bail!(
-            "--min-port {} is above --max-port {}",
-            args.min_port,
-            args.max_port
-        );
-    }
+/// The public addresses put in XOR-RELAYED-ADDRESS (and registered with
+/// the portal), at most one per family.
+fn public_ips(args: &Args) -> anyhow::Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
     let mut public: Vec<IpAddr> = args.public_ip.clone();
     if public.is_empty() {
         let listen = args.listen.ip();
@@ -64,18 +61,27 @@ fn config(args: &Args) -> anyhow::Result<ServerConfig> {
             public.push(listen);
         }
     }
-    let mut c = ServerConfig::new(
-        &args.realm,
-        args.static_auth_secret.as_bytes(),
-        random_secret()?,
-    );
+    let (mut v4, mut v6) = (None, None);
     for ip in &public {
         match ip {
-            IpAddr::V4(v4) if c.relay_ipv4.is_none() => c.relay_ipv4 = Some(*v4),
-            IpAddr::V6(v6) if c.relay_ipv6.is_none() => c.relay_ipv6 = Some(*v6),
+            IpAddr::V4(a) if v4.is_none() => v4 = Some(*a),
+            IpAddr::V6(a) if v6.is_none() => v6 = Some(*a),
             _ => bail!("--public-ip takes at most one address per family"),
         }
     }
+    Ok((v4, v6))
+}
+
+fn config(args: &Args, auth_secret: &[u8]) -> anyhow::Result<ServerConfig> {
+    if args.min_port > args.max_port {
+        bail!(
+            "--min-port {} is above --max-port {}",
+            args.min_port,
+            args.max_port
+        );
+    }
+    let mut c = ServerConfig::new(&args.realm, auth_secret, random_secret()?);
+    (c.relay_ipv4, c.relay_ipv6) = public_ips(args)?;
     c.own_addrs = [args.listen.ip()]
         .into_iter()
         .chain(args.relay_ip.iter().copied())
@@ -130,7 +136,28 @@ fn start_fast_path(args: &Args) -> Option<(FastPath, FastPathCounters)> {
 
 /// Runs the relay until a fatal error.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let config = config(&args)?;
+    let stats = Arc::new(Stats::default());
+    let secret = match (&args.portal_url, &args.static_auth_secret) {
+        (Some(url), _) => {
+            let Some(token) = args.token.clone() else {
+                bail!("--portal-url needs a relay token (--token or KEYHOLE_TOKEN)");
+            };
+            let (public_ipv4, public_ipv6) = public_ips(&args)?;
+            let reg = portal::Registration {
+                portal_url: url.clone(),
+                token,
+                public_ipv4,
+                public_ipv6,
+                port: args.listen.port(),
+                heartbeat: Duration::from_secs(args.heartbeat_secs.max(1)),
+            };
+            let (secret, _keepalive) = portal::start(reg, stats.clone()).await?;
+            secret.expose().as_bytes().to_vec()
+        }
+        (None, Some(s)) => s.as_bytes().to_vec(),
+        (None, None) => bail!("pass --portal-url (with KEYHOLE_TOKEN) or --static-auth-secret"),
+    };
+    let config = config(&args, &secret)?;
     let listener = UdpSocket::bind(args.listen)
         .await
         .with_context(|| format!("binding UDP {}", args.listen))?;
@@ -145,7 +172,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if bind.is_empty() && !args.listen.ip().is_unspecified() {
         bind.push(args.listen.ip());
     }
-    let stats = Arc::new(Stats::default());
     let (fast_path, fast_counters) = match start_fast_path(&args) {
         Some((fp, counters)) => (Some(fp), Some(counters)),
         None => (None, None),

@@ -35,12 +35,22 @@ fn tid(counter: u64) -> TransactionId {
 impl TurnClient {
     /// Binds `local`, allocates on `server` with REST credentials from `secret`.
     pub fn allocate(local: SocketAddr, server: SocketAddr, secret: &str) -> anyhow::Result<Self> {
-        let socket = UdpSocket::bind(local).context("binding client socket")?;
-        socket.connect(server)?;
-        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
         let expiry = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
         let username = rest_username(expiry, "bench");
         let password = rest_password(secret.as_bytes(), &username);
+        Self::allocate_as(local, server, username, &password)
+    }
+
+    /// Allocates with given credentials (e.g. handed out by the portal).
+    pub fn allocate_as(
+        local: SocketAddr,
+        server: SocketAddr,
+        username: String,
+        password: &str,
+    ) -> anyhow::Result<Self> {
+        let socket = UdpSocket::bind(local).context("binding client socket")?;
+        socket.connect(server)?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
         let mut c = TurnClient {
             socket,
             server,
@@ -64,7 +74,7 @@ impl TurnClient {
         }
         c.realm = msg.realm().context("no REALM")?.to_string();
         c.nonce = msg.nonce().context("no NONCE")?.to_string();
-        c.key = long_term_key(&c.username, &c.realm, &password);
+        c.key = long_term_key(&c.username, &c.realm, password);
         let resp = c.request(
             Method::ALLOCATE,
             &[Attribute::RequestedTransport(PROTOCOL_UDP)],
