@@ -210,6 +210,10 @@ fn gateway_forwards_only_authorised_flows_and_revocation_cuts_them() {
     );
     // The secret travels in the environment, as in production.
     cmd.env("KEYHOLE_TOKEN", TOKEN);
+    // A throwaway key dir, not the host's /var/lib.
+    let state = std::env::temp_dir().join(format!("keyhole-gwe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    cmd.env("KEYHOLE_STATE_DIR", &state);
     let mut gateway: Proc = gw.spawn_command(cmd).unwrap();
 
     portal.accept(Duration::from_secs(20));
@@ -416,4 +420,5 @@ fn gateway_forwards_only_authorised_flows_and_revocation_cuts_them() {
     assert!(gw.ip(["link", "show", "kh-gw"]).is_err());
     let tables = gw.run("nft", ["list", "tables"]).unwrap();
     assert!(!tables.contains("keyhole_gw"), "{tables}");
+    let _ = std::fs::remove_dir_all(&state);
 }

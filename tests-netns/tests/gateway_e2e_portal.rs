@@ -225,6 +225,8 @@ fn real_portal_gateway_and_client_forward_only_what_policy_allows() {
         .map(String::from),
     );
     cmd.env("KEYHOLE_TOKEN", &site_token);
+    // Its key goes with the portal's data, not into the host's /var/lib.
+    cmd.env("KEYHOLE_STATE_DIR", data.join("gateway-state"));
     let mut gateway = gw.spawn_command(cmd).unwrap();
     gateway
         .wait_for_output("tunnel addresses set", Duration::from_secs(20))
