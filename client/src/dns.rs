@@ -11,11 +11,9 @@ use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{RData, Record, RecordType};
 use ipnet::{Ipv4Net, Ipv6Net};
 
-/// Where proxy IPs come from (inside the tunnel ranges).
-pub const PROXY_V4: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(100, 96, 0, 0), 11) {
-    Ok(n) => n,
-    Err(_) => unreachable!(),
-};
+/// Where proxy IPs come from: the half of the tunnel range the portal
+/// never gives to devices.
+pub const PROXY_V4: Ipv4Net = keyhole_proto::DNS_PROXY_IPV4_RANGE;
 pub const PROXY_V6: Ipv6Net =
     match Ipv6Net::new(Ipv6Addr::new(0xfd00, 0x6b68, 0, 0, 0, 0, 0, 0), 32) {
         Ok(n) => n,

@@ -14,7 +14,7 @@ use keyhole_portal::{
     store::*,
 };
 use keyhole_proto::{
-    Filter, PortRange, Protocol, PublicKey, ResourceAddress, SiteId, TUNNEL_IPV4_RANGE,
+    Filter, PortRange, Protocol, PublicKey, ResourceAddress, SiteId, TUNNEL_PEER_IPV4_RANGE,
     messages::connect::WireguardBackend,
 };
 use sqlx::Connection as _;
@@ -433,7 +433,8 @@ async fn clients_and_tunnel_addresses(store: Store, url: String) {
             .register_client(alice, "dev", key(n), now())
             .await
             .unwrap();
-        assert!(TUNNEL_IPV4_RANGE.contains(&c.tunnel.ipv4));
+        assert!(TUNNEL_PEER_IPV4_RANGE.contains(&c.tunnel.ipv4));
+        assert!(!keyhole_proto::DNS_PROXY_IPV4_RANGE.contains(&c.tunnel.ipv4));
         assert_eq!(c.tunnel.ipv6.segments()[..3], prefix.segments()[..3]);
         assert!(seen.insert(c.tunnel.ipv4));
     }

@@ -33,5 +33,8 @@ pub use ice::{IceCandidate, IceCredentials};
 pub use ids::{ClientId, FlowId, GatewayId, RelayId, ResourceId, SiteId};
 pub use keys::{KeyError, PresharedKey, PublicKey};
 pub use resource::{Filter, PortRange, Protocol, Resource, ResourceAddress, ResourceName};
-pub use tunnel::{TUNNEL_IPV4_RANGE, TUNNEL_IPV6_RANGE, TunnelAddresses};
+pub use tunnel::{
+    DNS_PROXY_IPV4_RANGE, TUNNEL_IPV4_RANGE, TUNNEL_IPV6_RANGE, TUNNEL_PEER_IPV4_RANGE,
+    TunnelAddresses,
+};
 pub use turn::{RelayInfo, TurnCredentials, TurnSecret, check_turn_username, turn_password};

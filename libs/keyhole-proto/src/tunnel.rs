@@ -11,6 +11,21 @@ pub const TUNNEL_IPV4_RANGE: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(100, 64,
     Err(_) => unreachable!(),
 };
 
+/// The lower half of [`TUNNEL_IPV4_RANGE`]: where the portal allocates
+/// devices' tunnel addresses.
+pub const TUNNEL_PEER_IPV4_RANGE: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(100, 64, 0, 0), 11) {
+    Ok(n) => n,
+    Err(_) => unreachable!(),
+};
+
+/// The upper half of [`TUNNEL_IPV4_RANGE`], never allocated to devices:
+/// clients answer DNS resources with proxy IPs from it (and put their DNS
+/// stub's sentinel address there).
+pub const DNS_PROXY_IPV4_RANGE: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(100, 96, 0, 0), 11) {
+    Ok(n) => n,
+    Err(_) => unreachable!(),
+};
+
 /// The unique-local range every deployment's tunnel IPv6 /48 lies in. Each
 /// deployment picks its own random `fdXX:XXXX:XXXX::/48` inside it.
 pub const TUNNEL_IPV6_RANGE: Ipv6Net =

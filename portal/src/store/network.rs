@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chrono::{DateTime, Utc};
 use keyhole_proto::{
-    GatewayId, PublicKey, RelayId, SiteId, TUNNEL_IPV4_RANGE, TunnelAddresses,
+    GatewayId, PublicKey, RelayId, SiteId, TUNNEL_PEER_IPV4_RANGE, TunnelAddresses,
     messages::connect::WireguardBackend,
 };
 use rand::Rng as _;
@@ -379,8 +379,9 @@ pub(super) async fn allocate_tunnel_addresses(
     now: DateTime<Utc>,
 ) -> Result<TunnelAddresses> {
     let prefix = ipv6_prefix(tx).await?.segments();
-    let base = u32::from(TUNNEL_IPV4_RANGE.network());
-    let size = 1u32 << (32 - TUNNEL_IPV4_RANGE.prefix_len());
+    // Only the lower half: clients use the upper half for DNS proxy IPs.
+    let base = u32::from(TUNNEL_PEER_IPV4_RANGE.network());
+    let size = 1u32 << (32 - TUNNEL_PEER_IPV4_RANGE.prefix_len());
     for _ in 0..ALLOCATION_ATTEMPTS {
         // Skip the network and broadcast addresses.
         let offset = rand::rng().random_range(1..size - 1);
