@@ -7,6 +7,10 @@
 //! - [`TO_CLIENT_V4_MAP`]: `(peer addr, peer port, relayed port)` → the
 //!   client it goes to and the channel number to put in front.
 //!
+//! IPv6 has the same pair ([`TO_PEER_V6_MAP`], [`TO_CLIENT_V6_MAP`]) with
+//! 16-byte addresses; a channel is in the IPv6 maps only when its client
+//! and peer are both IPv6 (mixed families stay in userspace).
+//!
 //! Addresses are network byte order byte arrays; ports and channel numbers
 //! are host-order integers (the program converts). A zero address in a
 //! value means "the address the packet arrived on", which is right on a
@@ -16,6 +20,10 @@
 pub const TO_PEER_V4_MAP: &str = "RELAY_TO_PEER_V4";
 /// Name of the peer → client map (`HashMap<ToClientKeyV4, ToClientV4>`).
 pub const TO_CLIENT_V4_MAP: &str = "RELAY_TO_CLIENT_V4";
+/// Name of the IPv6 client → peer map (`HashMap<ToPeerKeyV6, ToPeerV6>`).
+pub const TO_PEER_V6_MAP: &str = "RELAY_TO_PEER_V6";
+/// Name of the IPv6 peer → client map (`HashMap<ToClientKeyV6, ToClientV6>`).
+pub const TO_CLIENT_V6_MAP: &str = "RELAY_TO_CLIENT_V6";
 /// Name of the one-entry configuration array (`Array<RelayConfig>`).
 pub const CONFIG_MAP: &str = "RELAY_CONFIG";
 /// Name of the per-CPU counters (`PerCpuArray<u64>`, indexed by [`Counter`]).
@@ -80,15 +88,64 @@ pub struct ToClientV4 {
     pub channel: u16,
 }
 
+/// Key of the IPv6 client → peer map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ToPeerKeyV6 {
+    pub client_addr: [u8; 16],
+    pub client_port: u16,
+    pub channel: u16,
+}
+
+/// Where an IPv6 client's ChannelData on a channel goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ToPeerV6 {
+    pub peer_addr: [u8; 16],
+    /// Local address of the relay socket (zero: the address the client's
+    /// packet was sent to).
+    pub relay_addr: [u8; 16],
+    pub peer_port: u16,
+    pub relay_port: u16,
+}
+
+/// Key of the IPv6 peer → client map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ToClientKeyV6 {
+    pub peer_addr: [u8; 16],
+    pub peer_port: u16,
+    /// The relayed (allocation) port the peer sent to.
+    pub relay_port: u16,
+}
+
+/// Which IPv6 client a peer's datagram to a relayed port goes to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ToClientV6 {
+    pub client_addr: [u8; 16],
+    /// Local address of the listener (zero: the address the peer's packet
+    /// was sent to).
+    pub listen_addr: [u8; 16],
+    /// Local address of the relay socket the peer must have sent to (zero:
+    /// any local address).
+    pub relay_addr: [u8; 16],
+    pub client_port: u16,
+    pub channel: u16,
+}
+
 /// What the program needs to know about the listener.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RelayConfig {
-    /// The listener's address (zero: any).
+    /// The listener's IPv4 address (zero: any).
     pub listen_addr: [u8; 4],
     /// The listener's UDP port; zero disables the fast path.
     pub listen_port: u16,
-    pub _pad: u16,
+    /// Non-zero when the listener takes IPv6 (bound to an IPv6 address).
+    pub listen_v6: u16,
+    /// The listener's IPv6 address (zero: any).
+    pub listen_addr6: [u8; 16],
 }
 
 /// Per-CPU counters. Fast-path byte counts are relayed application bytes
@@ -106,11 +163,13 @@ pub enum Counter {
     Tx,
     /// Sent out of another interface (bpf_redirect).
     Redirected,
-    /// Passed: not Ethernet + IPv4 (IPv6, ARP, VLAN …).
+    /// Passed: not Ethernet + IPv4 or IPv6 (ARP, VLAN …).
     PassNotIpv4,
-    /// Passed: IPv4 with options, or a fragment.
+    /// Passed: IPv4 with options, IPv6 with extension headers, or a
+    /// fragment.
     PassIpOptionsOrFragment,
-    /// Passed: not UDP, or a truncated/inconsistent UDP header.
+    /// Passed: not UDP, a truncated/inconsistent UDP header, or IPv6 UDP
+    /// without a checksum.
     PassNotUdp,
     /// Passed: UDP neither to the listener nor from a peer with a channel.
     PassNotRelayed,
@@ -125,7 +184,8 @@ pub enum Counter {
     /// resolves it).
     PassNoNeighbour,
     /// Passed: forwarding is disabled on the interface (the FIB helper
-    /// needs `net.ipv4.conf.IFACE.forwarding=1`).
+    /// needs `net.ipv4.conf.IFACE.forwarding=1`, for IPv6
+    /// `net.ipv6.conf.IFACE.forwarding=1`).
     PassForwardingDisabled,
     /// Passed: the packet would exceed the egress MTU.
     PassFragNeeded,
@@ -223,6 +283,38 @@ pub mod csum {
         sum as u16
     }
 
+    /// The checksum-relevant words of a UDP datagram other than its
+    /// payload: pseudo-header addresses and length, then the header's
+    /// ports and length. The pseudo-header's protocol word is the same on
+    /// both sides of an update and is left out; so is IPv6's 32-bit length's
+    /// zero upper half. `N` is 16 for IPv4 (4-byte addresses), 40 for IPv6.
+    #[inline(always)]
+    pub fn udp_words<const A: usize, const N: usize>(
+        src: [u8; A],
+        dst: [u8; A],
+        sport: u16,
+        dport: u16,
+        udp_len: u16,
+    ) -> [u8; N] {
+        let mut w = [0u8; N];
+        let l = udp_len.to_be_bytes();
+        let s = sport.to_be_bytes();
+        let d = dport.to_be_bytes();
+        let mut i = 0;
+        while i < A {
+            w[i] = src[i];
+            w[A + i] = dst[i];
+            i += 1;
+        }
+        let tail = [l[0], l[1], s[0], s[1], d[0], d[1], l[0], l[1]];
+        let mut j = 0;
+        while j < 8 {
+            w[2 * A + j] = tail[j];
+            j += 1;
+        }
+        w
+    }
+
     /// The IPv4 header checksum of a 20-byte header whose checksum field
     /// (bytes 10..12) is zero.
     #[inline(always)]
@@ -252,7 +344,11 @@ const _: () = assert!(core::mem::size_of::<ToPeerKeyV4>() == 8);
 const _: () = assert!(core::mem::size_of::<ToPeerV4>() == 12);
 const _: () = assert!(core::mem::size_of::<ToClientKeyV4>() == 8);
 const _: () = assert!(core::mem::size_of::<ToClientV4>() == 16);
-const _: () = assert!(core::mem::size_of::<RelayConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<RelayConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<ToPeerKeyV6>() == 20);
+const _: () = assert!(core::mem::size_of::<ToPeerV6>() == 36);
+const _: () = assert!(core::mem::size_of::<ToClientKeyV6>() == 20);
+const _: () = assert!(core::mem::size_of::<ToClientV6>() == 52);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -265,6 +361,10 @@ mod pod {
     unsafe impl aya::Pod for ToClientKeyV4 {}
     unsafe impl aya::Pod for ToClientV4 {}
     unsafe impl aya::Pod for RelayConfig {}
+    unsafe impl aya::Pod for ToPeerKeyV6 {}
+    unsafe impl aya::Pod for ToPeerV6 {}
+    unsafe impl aya::Pod for ToClientKeyV6 {}
+    unsafe impl aya::Pod for ToClientV6 {}
 }
 
 #[cfg(test)]
@@ -329,6 +429,64 @@ mod tests {
             // Prepend: peer → client is the same change the other way.
             assert_eq!(udp_update(plain, &new, &old), with_cd, "prepend {data_len}");
         }
+    }
+
+    /// Full IPv6 UDP checksum (RFC 8200 §8.1 pseudo-header).
+    fn udp6_full(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: &[u8]) -> u16 {
+        let len = (8 + payload.len()) as u32;
+        let mut b = Vec::new();
+        b.extend_from_slice(&src);
+        b.extend_from_slice(&dst);
+        b.extend_from_slice(&len.to_be_bytes());
+        b.extend_from_slice(&[0, 0, 0, 17]);
+        b.extend_from_slice(&sport.to_be_bytes());
+        b.extend_from_slice(&dport.to_be_bytes());
+        b.extend_from_slice(&(len as u16).to_be_bytes());
+        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(payload);
+        if b.len() % 2 == 1 {
+            b.push(0);
+        }
+        match !fold(add_words(0, &b)) {
+            0 => 0xffff,
+            c => c,
+        }
+    }
+
+    #[test]
+    fn ipv6_incremental_strip_and_prepend_match_full_checksums() {
+        let client = [0xfd, 0x77, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let listen = [0xfd, 0x77, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let relay = [0xfd, 0x77, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let peer = [
+            0xfd, 0x77, 0, 2, 0xab, 0xcd, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 2,
+        ];
+        for data_len in [0usize, 1, 2, 3, 7, 100, 1371] {
+            let data: Vec<u8> = (0..data_len).map(|i| (i * 53 + 7) as u8).collect();
+            let mut cd = vec![0x7f, 0xfe];
+            cd.extend_from_slice(&(data_len as u16).to_be_bytes());
+            cd.extend_from_slice(&data);
+            let with_cd = udp6_full(client, listen, 40000, 3478, &cd);
+            let plain = udp6_full(relay, peer, 50000, 9000, &data);
+            let l_cd = (8 + cd.len()) as u16;
+            let l_plain = (8 + data.len()) as u16;
+            let mut old = udp_words::<16, 40>(client, listen, 40000, 3478, l_cd).to_vec();
+            old.extend_from_slice(&cd[..4]);
+            let new = udp_words::<16, 40>(relay, peer, 50000, 9000, l_plain);
+            assert_eq!(udp_update(with_cd, &old, &new), plain, "strip {data_len}");
+            assert_eq!(udp_update(plain, &new, &old), with_cd, "prepend {data_len}");
+        }
+    }
+
+    #[test]
+    fn ipv4_words_match_the_hand_written_layout() {
+        let w = udp_words::<4, 16>([1, 2, 3, 4], [5, 6, 7, 8], 0x0a0b, 0x0c0d, 0x0e0f);
+        assert_eq!(
+            w,
+            [
+                1, 2, 3, 4, 5, 6, 7, 8, 0x0e, 0x0f, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f
+            ]
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@ use aya::{
 };
 use keyhole_ebpf_common::relay::{
     CONFIG_MAP, COUNTERS_MAP, Counter, PASS_PROGRAM, PROGRAM, RelayConfig, TO_CLIENT_V4_MAP,
-    TO_PEER_V4_MAP, ToClientKeyV4, ToClientV4, ToPeerKeyV4, ToPeerV4,
+    TO_CLIENT_V6_MAP, TO_PEER_V4_MAP, TO_PEER_V6_MAP, ToClientKeyV4, ToClientKeyV6, ToClientV4,
+    ToClientV6, ToPeerKeyV4, ToPeerKeyV6, ToPeerV4, ToPeerV6,
 };
 
 use super::{MapOp, RELAY_EBPF, XdpError, XdpMode};
@@ -21,6 +22,8 @@ pub struct FastPath {
     _ebpf: Ebpf,
     to_peer: HashMap<MapData, ToPeerKeyV4, ToPeerV4>,
     to_client: HashMap<MapData, ToClientKeyV4, ToClientV4>,
+    to_peer6: HashMap<MapData, ToPeerKeyV6, ToPeerV6>,
+    to_client6: HashMap<MapData, ToClientKeyV6, ToClientV6>,
     attached: Vec<(String, &'static str)>,
 }
 
@@ -61,24 +64,16 @@ impl FastPath {
             .map_err(map_err(TO_PEER_V4_MAP))?;
         let to_client = HashMap::try_from(take_map(&mut ebpf, TO_CLIENT_V4_MAP)?)
             .map_err(map_err(TO_CLIENT_V4_MAP))?;
+        let to_peer6 = HashMap::try_from(take_map(&mut ebpf, TO_PEER_V6_MAP)?)
+            .map_err(map_err(TO_PEER_V6_MAP))?;
+        let to_client6 = HashMap::try_from(take_map(&mut ebpf, TO_CLIENT_V6_MAP)?)
+            .map_err(map_err(TO_CLIENT_V6_MAP))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)
             .map_err(map_err(COUNTERS_MAP))?;
         let mut config: Array<MapData, RelayConfig> =
             Array::try_from(take_map(&mut ebpf, CONFIG_MAP)?).map_err(map_err(CONFIG_MAP))?;
-        let listen_addr = match listen.ip() {
-            IpAddr::V4(a) => a.octets(),
-            IpAddr::V6(_) => [0; 4],
-        };
         config
-            .set(
-                0,
-                RelayConfig {
-                    listen_addr,
-                    listen_port: listen.port(),
-                    _pad: 0,
-                },
-                0,
-            )
+            .set(0, relay_config(listen), 0)
             .map_err(map_err(CONFIG_MAP))?;
 
         let program: &mut Xdp = ebpf
@@ -96,6 +91,8 @@ impl FastPath {
                 _ebpf: ebpf,
                 to_peer,
                 to_client,
+                to_peer6,
+                to_client6,
                 attached,
             },
             FastPathCounters { counters },
@@ -125,12 +122,43 @@ impl FastPath {
             MapOp::RemoveToClient(k) => {
                 ignore_missing(self.to_client.remove(k)).map_err(map_err(TO_CLIENT_V4_MAP))
             }
+            MapOp::InsertToPeerV6(k, v) => self
+                .to_peer6
+                .insert(k, v, 0)
+                .map_err(map_err(TO_PEER_V6_MAP)),
+            MapOp::InsertToClientV6(k, v) => self
+                .to_client6
+                .insert(k, v, 0)
+                .map_err(map_err(TO_CLIENT_V6_MAP)),
+            MapOp::RemoveToPeerV6(k) => {
+                ignore_missing(self.to_peer6.remove(k)).map_err(map_err(TO_PEER_V6_MAP))
+            }
+            MapOp::RemoveToClientV6(k) => {
+                ignore_missing(self.to_client6.remove(k)).map_err(map_err(TO_CLIENT_V6_MAP))
+            }
         }
     }
 
-    /// Entries in the client → peer map (one per mirrored channel).
+    /// Entries in the client → peer maps (one per mirrored channel).
     pub fn channel_entries(&self) -> usize {
         self.to_peer.keys().filter(Result::is_ok).count()
+            + self.to_peer6.keys().filter(Result::is_ok).count()
+    }
+}
+
+/// The program's view of the listener: an IPv4 listener takes only IPv4;
+/// an IPv6 one takes IPv6 (and, when it is the wildcard on a dual-stack
+/// socket, IPv4 too, which the zero IPv4 address allows).
+fn relay_config(listen: SocketAddr) -> RelayConfig {
+    let (listen_addr, listen_v6, listen_addr6) = match listen.ip() {
+        IpAddr::V4(a) => (a.octets(), 0, [0; 16]),
+        IpAddr::V6(a) => ([0; 4], 1, a.octets()),
+    };
+    RelayConfig {
+        listen_addr,
+        listen_port: listen.port(),
+        listen_v6,
+        listen_addr6,
     }
 }
 
@@ -196,5 +224,25 @@ impl PassProgram {
         program.load()?;
         let used = attach_one(program, iface, mode)?;
         Ok((PassProgram { _ebpf: ebpf }, used))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_family_decides_what_the_program_takes() {
+        let c = relay_config("10.0.0.1:3478".parse().unwrap());
+        assert_eq!(
+            (c.listen_addr, c.listen_port, c.listen_v6),
+            ([10, 0, 0, 1], 3478, 0)
+        );
+        let c = relay_config("[fd00::1]:3478".parse().unwrap());
+        assert_eq!((c.listen_addr, c.listen_v6), ([0; 4], 1));
+        assert_eq!(c.listen_addr6[0..2], [0xfd, 0]);
+        assert_eq!(c.listen_addr6[15], 1);
+        let c = relay_config("[::]:3478".parse().unwrap());
+        assert_eq!((c.listen_v6, c.listen_addr6), (1, [0; 16]));
     }
 }
