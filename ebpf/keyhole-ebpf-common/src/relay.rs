@@ -283,38 +283,6 @@ pub mod csum {
         sum as u16
     }
 
-    /// The checksum-relevant words of a UDP datagram other than its
-    /// payload: pseudo-header addresses and length, then the header's
-    /// ports and length. The pseudo-header's protocol word is the same on
-    /// both sides of an update and is left out; so is IPv6's 32-bit length's
-    /// zero upper half. `N` is 16 for IPv4 (4-byte addresses), 40 for IPv6.
-    #[inline(always)]
-    pub fn udp_words<const A: usize, const N: usize>(
-        src: [u8; A],
-        dst: [u8; A],
-        sport: u16,
-        dport: u16,
-        udp_len: u16,
-    ) -> [u8; N] {
-        let mut w = [0u8; N];
-        let l = udp_len.to_be_bytes();
-        let s = sport.to_be_bytes();
-        let d = dport.to_be_bytes();
-        let mut i = 0;
-        while i < A {
-            w[i] = src[i];
-            w[A + i] = dst[i];
-            i += 1;
-        }
-        let tail = [l[0], l[1], s[0], s[1], d[0], d[1], l[0], l[1]];
-        let mut j = 0;
-        while j < 8 {
-            w[2 * A + j] = tail[j];
-            j += 1;
-        }
-        w
-    }
-
     /// The IPv4 header checksum of a 20-byte header whose checksum field
     /// (bytes 10..12) is zero.
     #[inline(always)]
@@ -371,6 +339,37 @@ mod pod {
 mod tests {
     use super::csum::*;
     use super::*;
+
+    /// The checksum words of a UDP datagram other than its payload, in
+    /// wire order: pseudo-header addresses and length, then the header's
+    /// ports and length (the constant protocol word, and IPv6's zero upper
+    /// length half, are the same on both sides of an update and left out).
+    /// The program's IPv6 update swaps these words, summed in native order.
+    fn udp_words<const A: usize, const N: usize>(
+        src: [u8; A],
+        dst: [u8; A],
+        sport: u16,
+        dport: u16,
+        udp_len: u16,
+    ) -> [u8; N] {
+        let mut w = [0u8; N];
+        let l = udp_len.to_be_bytes();
+        let s = sport.to_be_bytes();
+        let d = dport.to_be_bytes();
+        let mut i = 0;
+        while i < A {
+            w[i] = src[i];
+            w[A + i] = dst[i];
+            i += 1;
+        }
+        let tail = [l[0], l[1], s[0], s[1], d[0], d[1], l[0], l[1]];
+        let mut j = 0;
+        while j < 8 {
+            w[2 * A + j] = tail[j];
+            j += 1;
+        }
+        w
+    }
 
     /// Full UDP checksum over pseudo-header, header and payload.
     fn udp_full(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> u16 {
