@@ -92,6 +92,25 @@ impl Dns {
         }
     }
 
+    /// Starts due lookups and waits for them (up to `limit`), then writes
+    /// the translations. Used before confirming a DNS flow: the client
+    /// sends its held first packet the moment it hears back, and a packet
+    /// that passes before its translation exists leaves an untranslated
+    /// conntrack entry behind. Lookups still running at `limit` finish in
+    /// the main loop. The data plane runs on its own thread meanwhile.
+    async fn resolve_now(&mut self, nat: &mut GatewayNat, limit: std::time::Duration) {
+        self.step(nat);
+        let deadline = Instant::now() + limit;
+        while !self.lookups.is_empty() {
+            match tokio::time::timeout_at(deadline, self.lookups.join_next()).await {
+                Ok(Some(Ok((name, answer)))) => self.resolved(name, answer),
+                Ok(Some(Err(e))) => tracing::warn!(error = %e, "DNS lookup task failed"),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.step(nat);
+    }
+
     fn resolved(&mut self, name: String, answer: Result<Answer, String>) {
         let now = std::time::Instant::now();
         let result = match answer {
@@ -319,6 +338,9 @@ async fn execute(action: Action, gw: &mut Gateway, session: &mut Session, ws: &m
                     .table
                     .set(i.flow_id, i.nat, i.dns.clone(), std::time::Instant::now());
                 gw.dns.dirty = true;
+                gw.dns
+                    .resolve_now(&mut gw.nat, std::time::Duration::from_secs(2))
+                    .await;
             }
             session.flow_installed(i.flow_id, r);
         }
