@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
 use ipnet::IpNet;
 use keyhole_proto::{GatewayId, RelayId, RelayInfo, TunnelAddresses};
-use keyhole_tunnel::io::{Handle, ShellConfig, spawn};
+use keyhole_tunnel::io::{Handle, ShellConfig, TunOptions, create_tun, spawn_multi};
 use keyhole_tunnel::turn::TurnConfig;
 use keyhole_tunnel::{ConnectionConfig, Event, Node, NodeConfig, Role};
 use rand::RngCore as _;
@@ -96,10 +96,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
         node.add_host_candidate(*c)
             .map_err(|e| anyhow::anyhow!("host candidate {c}: {e}"))?;
     }
-    let tun = tun_rs::DeviceBuilder::new()
-        .name(&args.tun)
-        .mtu(MTU)
-        .build_sync()
+    // With GSO/GRO offloads where the kernel has them (a plain device
+    // otherwise): several times the throughput of one packet per syscall.
+    let tuns = create_tun(&TunOptions::new(args.tun.clone(), MTU))
         .with_context(|| format!("creating TUN {}", args.tun))?;
     let backup = args.state_dir.join(resolv::BACKUP);
     Record {
@@ -109,7 +108,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         resolv_backup: args.resolv_conf.as_ref().map(|_| backup.clone()),
     }
     .write(&args.runtime_dir)?;
-    let handle = spawn(node, udp, tun, ShellConfig::default()).context("starting the tunnel")?;
+    let handle =
+        spawn_multi(node, udp, tuns, ShellConfig::default()).context("starting the tunnel")?;
     let stub = match &args.resolv_conf {
         Some(path) => Some(start_dns(&args, path, &backup).await?),
         None => None,
