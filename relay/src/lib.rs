@@ -115,14 +115,16 @@ fn start_fast_path(args: &Args) -> Option<(FastPath, FastPathCounters)> {
         Ok(fp) => {
             for iface in &args.xdp_iface {
                 // bpf_fib_lookup refuses to route packets that arrive on an
-                // interface with forwarding off.
-                let path = format!("/proc/sys/net/ipv4/conf/{iface}/forwarding");
-                if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
-                    tracing::warn!(
-                        iface,
-                        "net.ipv4.conf.{iface}.forwarding is 0: the XDP FIB lookup needs it on, \
-                         until then every datagram is relayed in userspace"
-                    );
+                // interface with forwarding off (per family).
+                for family in ["ipv4", "ipv6"] {
+                    let path = format!("/proc/sys/net/{family}/conf/{iface}/forwarding");
+                    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+                        tracing::warn!(
+                            iface,
+                            "net.{family}.conf.{iface}.forwarding is 0: the XDP FIB lookup needs \
+                             it on, until then every {family} datagram is relayed in userspace"
+                        );
+                    }
                 }
             }
             Some(fp)
