@@ -259,9 +259,10 @@ impl Browser {
         self.goto(&portal.url("/sign-in")).await?;
         self.fill("#email", email).await?;
         self.fill("#password", password).await?;
-        self.click("form[action='/sign-in'] button[type=submit]")
-            .await?;
-        Ok(())
+        // Wait for the answer: a next `goto` racing this POST could get
+        // its sign-in cookie overwritten by the late response (CSRF refusal).
+        self.submit("form[action='/sign-in'] button[type=submit]")
+            .await
     }
 
     /// Saves a screenshot as `<dir>/<name>.png` (and the HTML beside it).
