@@ -62,7 +62,7 @@ pub struct Node<K> {
     by_peer_key: HashMap<[u8; 32], K>,
     /// Our ICE ufrag of each connection, for binding requests.
     by_ufrag: HashMap<String, K>,
-    routes: RouteTable<K>,
+    routes: RouteTable<Target<K>>,
     pending: HashMap<IpAddr, Pending>,
     host_candidates: Vec<Candidate>,
     srflx_candidates: Vec<Candidate>,
@@ -261,7 +261,7 @@ impl<K: ConnectionId> Node<K> {
         self.by_index.remove(&conn.index);
         self.by_peer_key.remove(&conn.peer_key);
         self.by_ufrag.retain(|_, k| k != id);
-        self.routes.remove_owner(id);
+        self.routes.remove_owner(&Target::Conn(id.clone()));
         self.shared
             .transmits
             .retain(|(owner, _)| owner.as_ref() != Some(id));
@@ -350,11 +350,15 @@ impl<K: ConnectionId> Node<K> {
         if !self.connections.contains_key(id) {
             return Err(Error::UnknownConnection);
         }
-        let old = self.routes.insert(net, id.clone());
+        let target = Target::Conn(id.clone());
+        let old = self
+            .routes
+            .insert(net, target.clone())
+            .and_then(Target::conn);
         let moved: Vec<IpAddr> = self
             .pending
             .keys()
-            .filter(|dst| self.routes.lookup(**dst) == Some(id))
+            .filter(|dst| self.routes.lookup(**dst) == Some(&target))
             .copied()
             .collect();
         if let Some(conn) = self.connections.get_mut(id) {
@@ -373,13 +377,38 @@ impl<K: ConnectionId> Node<K> {
         Ok(old)
     }
 
+    /// Removes the route of exactly `net` (routed or held); returns the
+    /// connection it went to, if any.
     pub fn remove_route(&mut self, net: IpNet) -> Option<K> {
-        self.routes.remove(net)
+        self.routes.remove(net).and_then(Target::conn)
+    }
+
+    /// Holds `net`: packets to it wait and raise `NeedAuthorization`, as
+    /// for a destination without a route, even where a shorter route would
+    /// take them. A client routing everything to one connection (a full
+    /// tunnel's `0.0.0.0/0`) holds its other resources this way, so their
+    /// first packets still ask for their own flows. Does nothing and
+    /// returns false if `net` is routed or held already.
+    pub fn hold_route(&mut self, net: IpNet) -> bool {
+        if self.routes.get(net).is_some() {
+            return false;
+        }
+        self.routes.insert(net, Target::Hold);
+        true
+    }
+
+    /// Removes `net` if it is held; a route to a connection stays.
+    pub fn release_hold(&mut self, net: IpNet) -> bool {
+        if self.routes.get(net) != Some(&Target::Hold) {
+            return false;
+        }
+        self.routes.remove(net);
+        true
     }
 
     /// The networks routed to `id`.
     pub fn routes_of(&self, id: &K) -> Vec<IpNet> {
-        self.routes.nets_of(id).collect()
+        self.routes.nets_of(&Target::Conn(id.clone())).collect()
     }
 
     // ---- data path ----------------------------------------------------------
@@ -606,7 +635,7 @@ impl<K: ConnectionId> Node<K> {
             self.shared.stats.malformed_ip += 1;
             return None;
         };
-        let Some(id) = self.routes.lookup(dst) else {
+        let Some(Target::Conn(id)) = self.routes.lookup(dst) else {
             self.hold_pending(now, dst, packet);
             return None;
         };
@@ -972,16 +1001,33 @@ impl<K: ConnectionId> Node<K> {
     }
 }
 
+/// Where a route sends packets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Target<K> {
+    Conn(K),
+    /// Held until a connection is routed there ([`Node::hold_route`]).
+    Hold,
+}
+
+impl<K> Target<K> {
+    fn conn(self) -> Option<K> {
+        match self {
+            Target::Conn(k) => Some(k),
+            Target::Hold => None,
+        }
+    }
+}
+
 /// Cryptokey routing: a decrypted packet is accepted only if its source
 /// routes back to the connection it arrived on.
 fn deliver<'b, K: ConnectionId>(
-    routes: &RouteTable<K>,
+    routes: &RouteTable<Target<K>>,
     stats: &mut Stats,
     id: &K,
     packet: &'b mut [u8],
     src: IpAddr,
 ) -> Option<Output<'b, K>> {
-    if routes.lookup(src) != Some(id) {
+    if !matches!(routes.lookup(src), Some(Target::Conn(owner)) if owner == id) {
         stats.bad_source += 1;
         return None;
     }

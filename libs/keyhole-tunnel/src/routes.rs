@@ -72,6 +72,11 @@ impl<K: Clone + Eq + Hash> RouteTable<K> {
         }
     }
 
+    /// The owner of exactly `net`.
+    pub(crate) fn get(&self, net: IpNet) -> Option<&K> {
+        self.routes.get(&net.trunc())
+    }
+
     pub(crate) fn lookup(&self, ip: IpAddr) -> Option<&K> {
         let lens = match ip {
             IpAddr::V4(_) => &self.v4_lens,

@@ -395,3 +395,60 @@ fn static_paths_skip_ice_and_roam() {
     let (a, b) = exchange(&mut s, 0, 10);
     assert_eq!((a.len(), b.len()), (10, 10));
 }
+
+/// A full tunnel (`0.0.0.0/0` to the gateway) with a held resource: the
+/// held network still asks for its own authorisation and keeps its
+/// packets, everything else goes through the full tunnel.
+#[test]
+fn held_routes_win_over_a_full_tunnel() {
+    let mut s = Sim::new(12, [None, None], |_| {});
+    s.authorize();
+    assert!(s.run_until(SECS(30), Sim::both_up));
+    let now = s.now;
+    let held: ipnet::IpNet = "10.99.0.0/24".parse().unwrap();
+    let client = &mut s.hosts[CLIENT].node;
+    assert!(!client.hold_route(held), "a routed network is not held");
+    assert_eq!(client.remove_route(held), Some(GATEWAY));
+    client
+        .add_route(now, "0.0.0.0/0".parse().unwrap(), &GATEWAY)
+        .unwrap();
+    assert!(client.hold_route(held));
+    assert!(!client.hold_route(held), "held twice");
+    let elsewhere = std::net::Ipv4Addr::new(203, 0, 113, 9);
+    s.send_ip(CLIENT, ip_packet(CLIENT_TUNNEL, elsewhere, 1));
+    s.send_ip(CLIENT, ip_packet(CLIENT_TUNNEL, RESOURCE, 2));
+    assert!(matches!(
+        s.hosts[CLIENT].events.last(),
+        Some((_, Event::NeedAuthorization { dst })) if *dst == std::net::IpAddr::from(RESOURCE)
+    ));
+    s.run_for(SECS(1));
+    let got: Vec<u32> = s.hosts[GATEWAY]
+        .tun_rx
+        .iter()
+        .map(|(_, p)| seq_of(p))
+        .collect();
+    assert_eq!(got, [1], "only the full-tunnel packet crossed");
+    // Routing the held network flushes its packet.
+    let now = s.now;
+    s.hosts[CLIENT].node.add_route(now, held, &GATEWAY).unwrap();
+    s.run_for(SECS(1));
+    let got: Vec<u32> = s.hosts[GATEWAY]
+        .tun_rx
+        .iter()
+        .map(|(_, p)| seq_of(p))
+        .collect();
+    assert_eq!(got, [1, 2]);
+    // A hold is released only while it is a hold.
+    assert!(!s.hosts[CLIENT].node.release_hold(held));
+    s.hosts[CLIENT].node.remove_route(held);
+    assert!(s.hosts[CLIENT].node.hold_route(held));
+    assert!(s.hosts[CLIENT].node.release_hold(held));
+    s.send_ip(CLIENT, ip_packet(CLIENT_TUNNEL, RESOURCE, 3));
+    s.run_for(SECS(1));
+    let got: Vec<u32> = s.hosts[GATEWAY]
+        .tun_rx
+        .iter()
+        .map(|(_, p)| seq_of(p))
+        .collect();
+    assert_eq!(got, [1, 2, 3], "released: the full tunnel takes it");
+}
