@@ -7,4 +7,5 @@ pub mod nat;
 pub mod policy;
 pub mod session;
 pub mod state;
+pub mod steering;
 pub mod wg;

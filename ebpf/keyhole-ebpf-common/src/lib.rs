@@ -7,3 +7,4 @@
 
 pub mod policy;
 pub mod relay;
+pub mod steering;
