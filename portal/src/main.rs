@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Parser;
 use keyhole_portal::{
+    api::device::DeviceConfig,
     control::ControlConfig,
     server::{self, ServerConfig},
     store::Backend,
@@ -71,6 +72,12 @@ struct Args {
     /// Name on the sign-in button.
     #[arg(long, env = "KEYHOLE_OIDC_NAME", default_value = "SSO")]
     oidc_name: String,
+    /// Seconds `keyhole login` waits between polls for the user's approval.
+    #[arg(long, env = "KEYHOLE_DEVICE_POLL_INTERVAL", default_value_t = 5)]
+    device_poll_interval_secs: u32,
+    /// Days a device signed in with `keyhole login` stays signed in.
+    #[arg(long, env = "KEYHOLE_DEVICE_SESSION_DAYS", default_value_t = 90)]
+    device_session_days: i64,
 }
 
 #[tokio::main]
@@ -105,6 +112,14 @@ async fn main() -> anyhow::Result<()> {
             admin_group: args.oidc_admin_group,
             display_name: args.oidc_name,
         }),
+        device: DeviceConfig {
+            poll_interval_secs: args.device_poll_interval_secs.max(1),
+            session_ttl: secs(
+                args.device_session_days.saturating_mul(86_400),
+                "--device-session-days",
+            )?,
+            ..DeviceConfig::default()
+        },
         ..ServerConfig::new(args.listen, args.data_dir.clone())
     };
     if let Some(oidc) = &cfg.oidc {

@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub control: ControlConfig,
     /// Admin sign-in through an OIDC provider.
     pub oidc: Option<crate::web::OidcConfig>,
+    /// `keyhole login` (device flow); its `public_url` follows the above.
+    pub device: crate::api::device::DeviceConfig,
 }
 
 impl ServerConfig {
@@ -57,6 +59,7 @@ impl ServerConfig {
             admin_password: None,
             control: ControlConfig::default(),
             oidc: None,
+            device: crate::api::device::DeviceConfig::default(),
         }
     }
 }
@@ -71,12 +74,26 @@ pub struct Portal {
     /// Set on the first start only: the secrets to show once.
     pub first_start: Option<FirstStart>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    flow_log_writer: tokio::task::JoinHandle<()>,
 }
+
+/// How long a graceful shutdown waits for the flow log's last entries.
+const FLOW_LOG_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Portal {
     /// Serve until `shutdown` resolves.
+    /// Then close the control connections (they outlive the HTTP server)
+    /// and write the flow log's queued entries.
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.server.await??;
+        let served = self.server.await;
+        self.hub.shutdown();
+        if tokio::time::timeout(FLOW_LOG_FLUSH_TIMEOUT, self.flow_log_writer)
+            .await
+            .is_err()
+        {
+            tracing::error!("the flow log was not written within 30 s of shutdown");
+        }
+        served??;
         Ok(())
     }
 
@@ -146,7 +163,11 @@ pub async fn start(
         oidc: cfg.oidc.clone(),
         ..crate::web::WebConfig::default()
     });
-    let router = routes(app.clone(), control.router, web, metrics.clone());
+    let api = crate::api::router_with(crate::api::device::DeviceConfig {
+        public_url: cfg.public_url.clone(),
+        ..cfg.device.clone()
+    });
+    let router = routes(app.clone(), api, control.router, web, metrics.clone());
     let server = tokio::spawn(async move {
         axum::serve(
             listener,
@@ -163,16 +184,18 @@ pub async fn start(
         metrics,
         first_start,
         server,
+        flow_log_writer: control.flow_log_writer,
     })
 }
 
 fn routes(
     app: AppState,
+    api: Router<AppState>,
     control: Router<AppState>,
     web: Router<AppState>,
     metrics: Arc<Metrics>,
 ) -> Router {
-    let api = crate::api::router().merge(control);
+    let api = api.merge(control);
     Router::new()
         .nest("/api/v1", api)
         // The admin UI at `/` (sign-in, pages, /assets).

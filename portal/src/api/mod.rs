@@ -14,6 +14,7 @@
 
 pub mod auth;
 mod clients;
+pub mod device;
 pub mod error;
 pub mod extract;
 mod flow_log;
@@ -102,14 +103,26 @@ fn build() -> OpenApiRouter<AppState> {
             clients::delete_client
         ))
         .routes(routes!(flow_log::list_flow_log))
+        .routes(routes!(device::device_authorize))
+        .routes(routes!(device::device_token))
+        .routes(routes!(device::device_revoke))
 }
 
 /// The API's routes, relative to where the binary nests them (`/api/v1`).
 pub fn router() -> Router<AppState> {
+    router_with(device::DeviceConfig::default())
+}
+
+/// [`router`] with the device flow's settings.
+pub fn router_with(device: device::DeviceConfig) -> Router<AppState> {
     let (router, _) = build().split_for_parts();
-    router.fallback(
-        |uri: Uri| async move { ApiError::NotFound(format!("no API route {}", uri.path())) },
-    )
+    router
+        .layer(axum::Extension(std::sync::Arc::new(
+            device::DeviceApi::new(device),
+        )))
+        .fallback(
+            |uri: Uri| async move { ApiError::NotFound(format!("no API route {}", uri.path())) },
+        )
 }
 
 /// The OpenAPI document of [`router`]'s routes, paths relative to the

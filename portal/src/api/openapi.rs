@@ -40,7 +40,7 @@ pub const SECURITY_SCHEME: &str = "bearer";
     tags(
         (name = "users"), (name = "service-accounts"), (name = "groups"), (name = "sites"),
         (name = "gateways"), (name = "relays"), (name = "resources"), (name = "policies"),
-        (name = "clients"), (name = "flow-log"), (name = "meta"),
+        (name = "clients"), (name = "flow-log"), (name = "device"), (name = "meta"),
     )
 )]
 pub struct ApiDoc;
@@ -63,7 +63,13 @@ impl Modify for Security {
 }
 
 /// Paths served without authentication.
-pub const PUBLIC_PATHS: &[&str] = &["/openapi.json"];
+pub const PUBLIC_PATHS: &[&str] = &[
+    "/openapi.json",
+    // The device flow (`keyhole login`): the client has no token yet.
+    "/device/authorize",
+    "/device/token",
+    "/device/revoke",
+];
 
 fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
     RefOr::T(
@@ -104,17 +110,17 @@ pub fn complete(doc: &mut Doc) {
             add("500", "Internal error");
             if public {
                 op.security = Some(vec![SecurityRequirement::default()]);
-                continue;
+            } else {
+                op.security = Some(vec![SecurityRequirement::new(
+                    SECURITY_SCHEME,
+                    Vec::<String>::new(),
+                )]);
+                add(
+                    "401",
+                    "No bearer token, or an unknown, revoked or expired one",
+                );
+                add("403", "The token may not use the admin API");
             }
-            op.security = Some(vec![SecurityRequirement::new(
-                SECURITY_SCHEME,
-                Vec::<String>::new(),
-            )]);
-            add(
-                "401",
-                "No bearer token, or an unknown, revoked or expired one",
-            );
-            add("403", "The token may not use the admin API");
             if has_path_id {
                 add("404", "No such id");
             }

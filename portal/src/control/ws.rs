@@ -229,6 +229,11 @@ async fn client_ws(
             );
         }
     };
+    if info.kind == TokenKind::ClientSession
+        && let Err(r) = check_device_key(&state, &info, &q.public_key).await
+    {
+        return r;
+    }
     let sign_in = info.sign_in_method.unwrap_or(match info.kind {
         TokenKind::ServiceAccount => SignInMethod::ServiceToken,
         _ => SignInMethod::Password,
@@ -261,6 +266,30 @@ async fn client_ws(
         token_expiry: info.expires_at,
     };
     configure(ws).on_upgrade(move |socket| serve_client(socket, state, hello))
+}
+
+/// A `client_session` token (from `keyhole login`) works only with the
+/// device key it was issued to, so a copied token is useless elsewhere.
+async fn check_device_key(
+    state: &ControlState,
+    info: &TokenInfo,
+    key: &keyhole_proto::PublicKey,
+) -> Result<(), Response> {
+    match state.app.store.client_session_key(info.id).await {
+        Ok(Some(bound)) if bound == *key => Ok(()),
+        Ok(Some(_)) => {
+            tracing::warn!(token = %info.id, presented = %key, "client session token used with another device key");
+            Err(refuse(
+                StatusCode::FORBIDDEN,
+                "this sign-in belongs to another device key; run `keyhole login` on this device",
+            ))
+        }
+        Ok(None) => Err(refuse(
+            StatusCode::FORBIDDEN,
+            "this client session is bound to no device key; run `keyhole login`",
+        )),
+        Err(e) => Err(store_error(e)),
+    }
 }
 
 async fn serve_client(socket: WebSocket, state: ControlState, hello: ClientHello) {

@@ -13,6 +13,7 @@ mod actors_admin;
 mod clients;
 mod clients_admin;
 mod control_support;
+mod device_auth;
 mod error;
 mod flow_log;
 mod flow_log_admin;
@@ -40,6 +41,10 @@ use uuid::Uuid;
 pub use actors::{Group, ServiceAccount, User};
 pub use actors_admin::UserUpdate;
 pub use clients::ClientRecord;
+pub use device_auth::{
+    DeviceAuthStatus, DeviceAuthorization, DevicePoll, DeviceSignIn, NewDeviceAuthorization,
+    normalize_user_code,
+};
 pub use error::StoreError;
 pub use flow_log::{FlowDecision, FlowLogEntry};
 pub use flow_log_admin::FlowLogFilter;

@@ -17,9 +17,10 @@ use super::{
     form::FormData,
     layout::{WebResult, bare, error_page},
     session::{
-        CSRF_FIELD, Post, SESSION_COOKIE, SIGN_IN_COOKIE, Session, cookie, is_https, same_secret,
+        CSRF_FIELD, SESSION_COOKIE, SIGN_IN_COOKIE, Session, cookie, is_https, same_secret,
         set_cookie,
     },
+    user_session::UserPost,
 };
 use crate::{
     policy::SignInMethod,
@@ -171,6 +172,18 @@ fn wait_message(wait: std::time::Duration) -> String {
     )
 }
 
+/// Whether `user` may sign in on the way to `next`: admins anywhere,
+/// other users only to approve a device (`/device`).
+pub(super) fn may_sign_in(user: &User, next: &str) -> bool {
+    user.is_admin || is_user_page(next)
+}
+
+/// Pages a non-admin's session may open.
+fn is_user_page(next: &str) -> bool {
+    let path = next.split(['?', '#']).next().unwrap_or("");
+    path == "/device"
+}
+
 /// Starts a session and sends the browser on.
 pub(super) async fn start_session(
     state: &AppState,
@@ -257,7 +270,7 @@ pub async fn sign_in(State(state): State<AppState>, web: WebExt, req: Request) -
             ));
         }
     };
-    if !user.is_admin || user.disabled {
+    if user.disabled || !may_sign_in(&user, &next) {
         return Ok(sign_in_response(
             StatusCode::FORBIDDEN,
             &headers,
@@ -320,7 +333,7 @@ pub async fn sign_out(
     State(state): State<AppState>,
     headers: HeaderMap,
     web: WebExt,
-    post: Post,
+    post: UserPost,
 ) -> WebResult {
     state.store.delete_web_session(&post.session.secret).await?;
     let cookie = set_cookie(SESSION_COOKIE, "", 0, is_https(&headers, &web));
@@ -338,5 +351,15 @@ mod tests {
         assert_eq!(safe_next(Some("https://evil.example")), "/");
         assert_eq!(safe_next(Some("/\\evil")), "/");
         assert_eq!(safe_next(None), "/");
+    }
+
+    #[test]
+    fn only_the_device_page_is_open_to_users() {
+        assert!(is_user_page("/device"));
+        assert!(is_user_page("/device?code=BCDF-GHJK"));
+        assert!(!is_user_page("/devices"));
+        assert!(!is_user_page("/device/../sites"));
+        assert!(!is_user_page("/sites?x=/device"));
+        assert!(!is_user_page("/"));
     }
 }

@@ -1,10 +1,12 @@
-//! Client devices (revoke = disable; delete) and relays.
+//! Client devices (revoke = disable, and end its `keyhole login` sign-ins;
+//! delete) and relays. Device sign-ins (tokens from `keyhole login`) are
+//! listed with their owner and sign-in method, each revocable alone.
 
 use axum::{
     extract::{Path, State},
     response::{IntoResponse, Redirect},
 };
-use keyhole_proto::ClientId;
+use keyhole_proto::{ClientId, PublicKey};
 use maud::html;
 
 use super::{
@@ -13,12 +15,22 @@ use super::{
 };
 use crate::{
     api::extract::path_id,
-    policy::ActorId,
+    policy::{ActorId, SignInMethod},
     state::{AppState, Change},
 };
 
+fn method_name(m: Option<SignInMethod>) -> &'static str {
+    match m {
+        Some(SignInMethod::Password) => "password",
+        Some(SignInMethod::Oidc) => "oidc",
+        Some(SignInMethod::ServiceToken) => "service token",
+        None => "-",
+    }
+}
+
 pub async fn list(State(state): State<AppState>, session: Session) -> WebResult {
     let clients = state.store.list_clients(None, 100_000, 0).await?;
+    let sign_ins = state.store.list_device_sign_ins(crate::api::now()).await?;
     let users = state.store.list_users(100_000, 0).await?;
     let sas = state.store.list_service_accounts(100_000, 0).await?;
     let owner = |a: &ActorId| match a {
@@ -38,15 +50,23 @@ pub async fn list(State(state): State<AppState>, session: Session) -> WebResult 
         "/clients",
         "Clients",
         html! {
-            p.lead { "Devices that signed in. Revoking one disconnects it at once and ends its flows." }
+            p.lead { "Devices that signed in. Revoking one disconnects it at once, ends its flows and its `keyhole login` sign-ins." }
             div.table-wrap {
                 table.sortable #clients {
-                    thead { tr { th { "Name" } th { "Owner" } th { "Status" } th { "Tunnel IPv4" } th { "Last seen" } th { "" } } }
+                    thead { tr { th { "Name" } th { "Owner" } th { "Signed in with" } th { "Status" } th { "Tunnel IPv4" } th { "Last seen" } th { "" } } }
                     tbody {
                         @for c in &clients {
-                            tr {
+                            tr data-key=(c.public_key) {
                                 td { (c.name) }
                                 td { (owner(&c.owner)) }
+                                td.sign-in {
+                                    @let methods: Vec<&str> = sign_ins.iter().filter(|d| d.public_key == c.public_key).map(|d| method_name(d.sign_in_method)).collect();
+                                    @if methods.is_empty() {
+                                        @if matches!(c.owner, ActorId::ServiceAccount(_)) { "service token" } @else { span.muted { "-" } }
+                                    } @else {
+                                        "keyhole login (" (methods.join(", ")) ")"
+                                    }
+                                }
                                 td { (badge(!c.disabled, "active", "revoked")) }
                                 td.mono { (c.tunnel.ipv4) }
                                 td { (time(c.last_seen_at)) }
@@ -58,7 +78,30 @@ pub async fn list(State(state): State<AppState>, session: Session) -> WebResult 
                                 }
                             }
                         }
-                        @if clients.is_empty() { tr { td colspan="6" .muted { "No clients yet." } } }
+                        @if clients.is_empty() { tr { td colspan="7" .muted { "No clients yet." } } }
+                    }
+                }
+            }
+            h2 { "Device sign-ins" }
+            p.muted { "Tokens issued by `keyhole login`, each bound to one device key. Revoking one signs that device out and disconnects it." }
+            div.table-wrap {
+                table.sortable #sign-ins {
+                    thead { tr { th { "Device" } th { "Owner" } th { "Method" } th { "Device key" } th { "Signed in" } th { "Expires" } th { "" } } }
+                    tbody {
+                        @for d in &sign_ins {
+                            tr data-key=(d.public_key) {
+                                td { (d.device_name) }
+                                td { (d.user.map(|u| owner(&ActorId::User(u))).unwrap_or_default()) }
+                                td { (method_name(d.sign_in_method)) }
+                                td.mono { (d.public_key) }
+                                td { (time(Some(d.created_at))) }
+                                td { (time(d.expires_at)) }
+                                td.actions {
+                                    (post_button(&session, &format!("/clients/sign-ins/{}/revoke", d.token_id), "Revoke", "danger small", Some("Sign this device out?")))
+                                }
+                            }
+                        }
+                        @if sign_ins.is_empty() { tr { td colspan="7" .muted { "No device sign-ins." } } }
                     }
                 }
             }
@@ -73,8 +116,30 @@ pub async fn revoke(
     _post: Post,
 ) -> WebResult {
     let id = ClientId(path_id(&id, "client")?);
+    let client = state.store.get_client(id).await?;
     state.store.set_client_disabled(id, true).await?;
     state.publish(Change::ClientChanged(id.0));
+    revoke_sign_ins_of(&state, client.public_key).await?;
+    Ok(Redirect::to("/clients").into_response())
+}
+
+/// Ends every `keyhole login` token bound to `key`.
+async fn revoke_sign_ins_of(state: &AppState, key: PublicKey) -> WebResult<()> {
+    for token in state.store.revoke_device_sign_ins(key).await? {
+        state.publish(Change::TokenRevoked(token));
+    }
+    Ok(())
+}
+
+pub async fn revoke_sign_in(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    post: Post,
+) -> WebResult {
+    let token = path_id(&token, "sign-in")?;
+    state.store.revoke_device_sign_in(token).await?;
+    state.publish(Change::TokenRevoked(token));
+    tracing::info!(admin = %post.session.user.email, %token, "web: device sign-in revoked");
     Ok(Redirect::to("/clients").into_response())
 }
 
@@ -84,8 +149,11 @@ pub async fn delete(
     _post: Post,
 ) -> WebResult {
     let id = ClientId(path_id(&id, "client")?);
+    let client = state.store.get_client(id).await?;
     state.store.delete_client(id).await?;
     state.publish(Change::ClientDeleted(id.0));
+    // Else the device would come back with its token as a new client.
+    revoke_sign_ins_of(&state, client.public_key).await?;
     Ok(Redirect::to("/clients").into_response())
 }
 

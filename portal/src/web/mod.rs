@@ -12,12 +12,17 @@
 //! - Writes reuse the REST API's validation (`api::…`) and publish the same
 //!   [`crate::state::Change`]s after committing.
 //!
+//! - End users sign in only for `/device` (approving `keyhole login`):
+//!   their sessions pass [`user_session::UserSession`], never
+//!   [`session::Session`], so every admin page answers them 403.
+//!
 //! The binary mounts [`router`] at `/`.
 
 mod actors;
 mod assets;
 mod auth;
 mod clients;
+mod device;
 mod flow_log;
 mod form;
 mod gateways;
@@ -29,6 +34,7 @@ pub mod rate_limit;
 mod resources;
 mod session;
 mod sites;
+mod user_session;
 
 use std::{sync::Arc, time::Duration};
 
@@ -114,6 +120,8 @@ pub fn router_with(config: WebConfig) -> Router<AppState> {
         .route("/sign-in/oidc", get(oidc::start))
         .route("/sign-in/oidc/callback", get(oidc::callback))
         .route("/sign-out", post(auth::sign_out))
+        // End users (not only admins) approve `keyhole login` here.
+        .route("/device", get(device::show).post(device::decide))
         .route("/sites", get(sites::list).post(sites::create))
         .route("/sites/{id}", get(sites::show))
         .route("/sites/{id}/rename", post(sites::rename))
@@ -173,6 +181,10 @@ pub fn router_with(config: WebConfig) -> Router<AppState> {
         .route("/clients", get(clients::list))
         .route("/clients/{id}/revoke", post(clients::revoke))
         .route("/clients/{id}/delete", post(clients::delete))
+        .route(
+            "/clients/sign-ins/{token}/revoke",
+            post(clients::revoke_sign_in),
+        )
         .route("/relays", get(clients::relays))
         .route("/flow-log", get(flow_log::list))
         .layer(Extension(web))

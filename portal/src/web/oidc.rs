@@ -263,7 +263,7 @@ pub async fn callback(
         Ok(user) => user,
         Err(e) => return failed(&headers, &web, &next, &e),
     };
-    if !signed_in.is_admin || signed_in.disabled {
+    if signed_in.disabled || !super::auth::may_sign_in(&signed_in, &next) {
         tracing::info!(user = %signed_in.email, "web: OIDC sign-in of a non-admin");
         let msg = format!(
             "Signed in as {}, but only Keyhole administrators use this console.",

@@ -1,4 +1,5 @@
 //! The signed-in admin ([`Session`]) and CSRF-checked form posts ([`Post`]).
+//! Non-admin users' sessions are only good for `user_session`'s extractors.
 
 use axum::{
     body::Bytes,
@@ -73,7 +74,12 @@ pub struct Session {
 
 /// Why a request is refused before its handler runs.
 pub enum Rejection {
-    SignIn { next: String },
+    SignIn {
+        next: String,
+    },
+    /// Signed in, but not as an admin (users sign in only to approve
+    /// devices, see `device.rs`).
+    NotAdmin,
     Csrf,
     Api(ApiError),
 }
@@ -85,6 +91,11 @@ impl IntoResponse for Rejection {
                 let next = form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>();
                 Redirect::to(&format!("/sign-in?next={next}")).into_response()
             }
+            Self::NotAdmin => error_page(
+                axum::http::StatusCode::FORBIDDEN,
+                "Administrators only",
+                "You are signed in, but this account may not use the admin portal.",
+            ),
             Self::Csrf => error_page(
                 axum::http::StatusCode::FORBIDDEN,
                 "Request refused",
@@ -110,9 +121,13 @@ async fn session_from(parts: &Parts, state: &AppState) -> Result<Session, Reject
         .await
         .map_err(|e| Rejection::Api(e.into()))?;
     let s = found.ok_or_else(sign_in)?;
-    // Demoted or disabled since signing in: the session no longer counts.
-    if !s.user.is_admin || s.user.disabled {
+    // Disabled since signing in: the session no longer counts.
+    if s.user.disabled {
         return Err(sign_in());
+    }
+    // A user's session (device approval) or an admin demoted since.
+    if !s.user.is_admin {
+        return Err(Rejection::NotAdmin);
     }
     Ok(Session {
         user: s.user,
