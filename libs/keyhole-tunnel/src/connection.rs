@@ -78,7 +78,9 @@ pub(crate) fn ice_creds(c: &IceCredentials) -> IceCreds {
 pub(crate) struct Connection {
     pub(crate) role: Role,
     pub(crate) agent: IceAgent,
-    pub(crate) tunn: Tunn,
+    /// `None` for an ICE-only connection: someone else (kernel WireGuard)
+    /// carries the traffic over the path ICE finds.
+    pub(crate) tunn: Option<Tunn>,
     pub(crate) peer_key: [u8; 32],
     pub(crate) index: u32,
     /// A WireGuard session is confirmed in both directions.
@@ -103,7 +105,7 @@ pub(crate) struct Connection {
 
 impl Connection {
     pub(crate) fn is_up(&self) -> bool {
-        self.established && self.path.is_some()
+        (self.established || self.tunn.is_none()) && self.path.is_some()
     }
 
     pub(crate) fn next_timeout(&mut self, config: &NodeConfig) -> Option<Instant> {
@@ -113,7 +115,7 @@ impl Connection {
         };
         [
             self.agent.poll_timeout(),
-            Some(self.wireguard_tick_at),
+            self.tunn.is_some().then_some(self.wireguard_tick_at),
             handshake,
             self.fail_at,
             self.restart_at,
@@ -190,10 +192,10 @@ impl Connection {
         out: &mut Shared<K>,
     ) {
         let Some(path) = self.path else { return };
-        match self
-            .tunn
-            .format_handshake_initiation(&mut out.scratch, force)
-        {
+        let Some(tunn) = self.tunn.as_mut() else {
+            return;
+        };
+        match tunn.format_handshake_initiation(&mut out.scratch, force) {
             TunnResult::WriteToNetwork(d) => {
                 let d = d.to_vec();
                 out.queue(id, path.local, path.remote, d);
@@ -233,8 +235,11 @@ impl Connection {
     /// Sends every buffered packet; only called while up.
     pub(crate) fn flush<K: Clone>(&mut self, id: &K, out: &mut Shared<K>) {
         let Some(path) = self.path else { return };
+        let Some(tunn) = self.tunn.as_mut() else {
+            return;
+        };
         while let Some(p) = self.buffer.pop() {
-            match self.tunn.encapsulate(&p, &mut out.scratch) {
+            match tunn.encapsulate(&p, &mut out.scratch) {
                 TunnResult::WriteToNetwork(d) => {
                     let d = d.to_vec();
                     out.queue(id, path.local, path.remote, d);
@@ -252,7 +257,10 @@ impl Connection {
     /// Drives boringtun's own timers (rekey, keepalive). Returns false if
     /// WireGuard gave up on the peer.
     pub(crate) fn wireguard_tick<K: Clone>(&mut self, id: &K, out: &mut Shared<K>) -> bool {
-        match self.tunn.update_timers(&mut out.scratch) {
+        let Some(tunn) = self.tunn.as_mut() else {
+            return true;
+        };
+        match tunn.update_timers(&mut out.scratch) {
             TunnResult::WriteToNetwork(d) => {
                 if let Some(path) = self.path {
                     let d = d.to_vec();

@@ -28,6 +28,6 @@ mod types;
 pub use connection::ConnectionId;
 pub use node::Node;
 pub use types::{
-    ConnectionConfig, ConnectionInfo, Error, Event, Input, NodeConfig, Output, Path, PathKind,
-    Role, Stats, Transmit,
+    ConnectionConfig, ConnectionInfo, Error, Event, IceConnectionConfig, Input, NodeConfig, Output,
+    Path, PathKind, Role, Stats, Transmit,
 };

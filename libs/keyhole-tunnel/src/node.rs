@@ -24,8 +24,8 @@ use crate::relay::Relay;
 use crate::routes::RouteTable;
 use crate::turn::{Client as TurnClient, Transport, TurnConfig, TurnEvent};
 use crate::types::{
-    ConnectionConfig, ConnectionInfo, Error, Event, Input, NodeConfig, Output, Role, Stats,
-    Transmit,
+    ConnectionConfig, ConnectionInfo, Error, Event, IceConnectionConfig, Input, NodeConfig, Output,
+    Role, Stats, Transmit,
 };
 
 /// WireGuard adds 32 bytes to a packet; handshake messages need 148.
@@ -219,7 +219,7 @@ impl<K: ConnectionId> Node<K> {
         let mut conn = Connection {
             role: config.role,
             agent,
-            tunn,
+            tunn: Some(tunn),
             peer_key,
             index,
             established: false,
@@ -251,6 +251,107 @@ impl<K: ConnectionId> Node<K> {
         Ok(())
     }
 
+    /// Starts an ICE-only connection: candidates, checks, nomination,
+    /// restarts and failure as for [`add_connection`](Self::add_connection),
+    /// but no WireGuard. `ConnectionUp { path }` comes once ICE nominates
+    /// a path (and again when it changes); the owner carries the traffic.
+    /// Such a connection takes no routes. If the path's local end is a
+    /// relayed address, the peer's datagrams come out of `handle_input` as
+    /// [`Output::Relayed`] and go back through [`send_on_path`](Self::send_on_path).
+    pub fn add_ice_connection(
+        &mut self,
+        now: Instant,
+        id: K,
+        config: IceConnectionConfig,
+    ) -> Result<(), Error> {
+        if self.connections.contains_key(&id) {
+            return Err(Error::DuplicateConnection);
+        }
+        let mut agent = IceAgent::new(ice_creds(&config.local_credentials));
+        agent.set_controlling(config.role == Role::Initiator);
+        agent.set_control_tie_breaker(self.shared.rng.next_u64());
+        agent.set_remote_credentials(ice_creds(&config.remote_credentials));
+        for c in &self.host_candidates {
+            agent.add_local_candidate(c.clone());
+        }
+        for c in self.relays.iter().filter_map(|r| r.candidate.as_ref()) {
+            agent.add_local_candidate(c.clone());
+        }
+        agent.handle_timeout(now);
+        let mut conn = Connection {
+            role: config.role,
+            agent,
+            tunn: None,
+            peer_key: [0; 32],
+            index: 0,
+            established: false,
+            handshake_at: None,
+            path: None,
+            reported: None,
+            buffer: PacketBuffer::new(0),
+            fail_at: Some(now + self.shared.config.failure_timeout),
+            restart_at: None,
+            awaiting_remote_credentials: false,
+            wireguard_tick_at: now,
+            is_static: false,
+        };
+        conn.signal_candidates(&id, &self.srflx_candidates, &mut self.shared);
+        conn.drain_ice(&id, now, &mut self.shared);
+        self.by_ufrag
+            .insert(config.local_credentials.username.clone(), id.clone());
+        self.connections.insert(id, conn);
+        Ok(())
+    }
+
+    /// Sends `datagram` to the peer of connection `id` over its nominated
+    /// path: as it is on a direct path, wrapped for the relay (ChannelData,
+    /// or a Send indication while the channel is pending: then queued for
+    /// `poll_transmit` and `Ok(None)`) when the path's local end is one of
+    /// our relayed addresses. `buf` needs the datagram's length plus 7.
+    pub fn send_on_path<'b>(
+        &mut self,
+        now: Instant,
+        id: &K,
+        datagram: &[u8],
+        buf: &'b mut [u8],
+    ) -> Result<Option<Transmit<&'b [u8]>>, Error> {
+        self.now = Some(now);
+        let conn = self.connections.get(id).ok_or(Error::UnknownConnection)?;
+        let path = conn.path.ok_or(Error::NoPath)?;
+        let n = datagram.len();
+        if buf.len() < n + CHANNEL_OVERHEAD {
+            self.shared.stats.short_buffer += 1;
+            return Ok(None);
+        }
+        let Some(relay) = self.relays.iter_mut().find(|r| r.relays_for(path.local)) else {
+            buf[..n].copy_from_slice(datagram);
+            return Ok(Some(Transmit {
+                source: path.local,
+                destination: path.remote,
+                payload: &buf[..n],
+            }));
+        };
+        let Some(channel) = relay.client.channel_to(path.remote) else {
+            relay.client.send_to(now, path.remote, datagram);
+            return Ok(None);
+        };
+        let (header, pad) = relay.client.channel_header(channel, n);
+        buf[..4].copy_from_slice(&header);
+        buf[4..4 + n].copy_from_slice(datagram);
+        let end = 4 + n + pad;
+        buf[4 + n..end].fill(0);
+        Ok(Some(Transmit {
+            source: relay.local,
+            destination: relay.client.server(),
+            payload: &buf[..end],
+        }))
+    }
+
+    /// Whether `addr` is the relayed address of one of our allocations.
+    pub fn is_relayed_address(&self, addr: SocketAddr) -> bool {
+        self.relays.iter().any(|r| r.relays_for(addr))
+    }
+
     /// Removes a connection at once (revocation or failure): its routes,
     /// buffered packets and queued datagrams go; later datagrams for it
     /// are dropped as unknown.
@@ -258,8 +359,10 @@ impl<K: ConnectionId> Node<K> {
         let Some(conn) = self.connections.remove(id) else {
             return false;
         };
-        self.by_index.remove(&conn.index);
-        self.by_peer_key.remove(&conn.peer_key);
+        if conn.tunn.is_some() {
+            self.by_index.remove(&conn.index);
+            self.by_peer_key.remove(&conn.peer_key);
+        }
         self.by_ufrag.retain(|_, k| k != id);
         self.routes.remove_owner(&Target::Conn(id.clone()));
         self.shared
@@ -347,8 +450,10 @@ impl<K: ConnectionId> Node<K> {
     /// for destinations in `net` move to the connection. Returns the
     /// connection that owned exactly `net` before, if any.
     pub fn add_route(&mut self, now: Instant, net: IpNet, id: &K) -> Result<Option<K>, Error> {
-        if !self.connections.contains_key(id) {
-            return Err(Error::UnknownConnection);
+        match self.connections.get(id) {
+            None => return Err(Error::UnknownConnection),
+            Some(c) if c.tunn.is_none() => return Err(Error::IceOnly),
+            Some(_) => {}
         }
         let target = Target::Conn(id.clone());
         let old = self
@@ -482,9 +587,34 @@ impl<K: ConnectionId> Node<K> {
         let relayed = relay.client.relayed();
         self.drain_relay_events(now);
         let ((peer, data), relayed) = inner.zip(relayed)?;
-        if packet::classify(data) == DatagramKind::ChannelData {
-            self.shared.stats.unknown_datagrams += 1;
-            return None;
+        match packet::classify(data) {
+            DatagramKind::ChannelData => {
+                self.shared.stats.unknown_datagrams += 1;
+                return None;
+            }
+            DatagramKind::Stun => {}
+            _ => {
+                // The peer's traffic on an ICE-only connection's relayed
+                // path goes to the owner (a scan: relayed ICE-only paths
+                // are few, and direct ones never come through here).
+                let id = self.connections.iter().find_map(|(id, c)| {
+                    let on_path = c
+                        .path
+                        .is_some_and(|p| p.local == relayed && p.remote == peer);
+                    (c.tunn.is_none() && on_path).then(|| id.clone())
+                });
+                if let Some(conn) = id {
+                    if buf.len() < data.len() {
+                        self.shared.stats.short_buffer += 1;
+                        return None;
+                    }
+                    buf[..data.len()].copy_from_slice(data);
+                    return Some(Output::Relayed {
+                        conn,
+                        datagram: &buf[..data.len()],
+                    });
+                }
+            }
         }
         self.handle_datagram(now, relayed, peer, data, buf)
     }
@@ -646,6 +776,8 @@ impl<K: ConnectionId> Node<K> {
             }
             return None;
         };
+        // ICE-only connections have no routes (`add_route` refuses them).
+        let tunn = conn.tunn.as_mut()?;
         if buf.len() < (packet.len() + WG_OVERHEAD + CHANNEL_OVERHEAD).max(WG_MIN_BUFFER) {
             self.shared.stats.short_buffer += 1;
             return None;
@@ -655,14 +787,14 @@ impl<K: ConnectionId> Node<K> {
                 // No channel yet: the client sends a Send indication or
                 // holds the datagram until its permission is installed.
                 if let TunnResult::WriteToNetwork(d) =
-                    conn.tunn.encapsulate(packet, &mut self.shared.scratch)
+                    tunn.encapsulate(packet, &mut self.shared.scratch)
                 {
                     relay.client.send_to(now, path.remote, d);
                 }
                 return None;
             };
             // ChannelData in place: encrypt behind a 4-byte header.
-            let n = match conn.tunn.encapsulate(packet, &mut buf[4..]) {
+            let n = match tunn.encapsulate(packet, &mut buf[4..]) {
                 TunnResult::WriteToNetwork(d) => d.len(),
                 _ => {
                     self.shared.stats.wireguard_errors += 1;
@@ -679,7 +811,7 @@ impl<K: ConnectionId> Node<K> {
                 payload: &buf[..end],
             }));
         }
-        match conn.tunn.encapsulate(packet, buf) {
+        match tunn.encapsulate(packet, buf) {
             TunnResult::WriteToNetwork(d) => Some(Output::Transmit(Transmit {
                 source: path.local,
                 destination: path.remote,
@@ -806,8 +938,10 @@ impl<K: ConnectionId> Node<K> {
             self.shared.stats.short_buffer += 1;
             return None;
         }
+        // Only WireGuard connections are in the index and key maps.
+        let tunn = conn.tunn.as_mut()?;
         let was_established = conn.established;
-        let output = match conn.tunn.decapsulate(Some(from.ip()), d, buf) {
+        let output = match tunn.decapsulate(Some(from.ip()), d, buf) {
             TunnResult::WriteToNetwork(reply) => {
                 // The initiator's keepalive after a handshake response
                 // confirms the session on our side.
@@ -855,7 +989,7 @@ impl<K: ConnectionId> Node<K> {
         if is_response {
             // Packets boringtun itself queued while it had no session.
             while let TunnResult::WriteToNetwork(q) =
-                conn.tunn.decapsulate(None, &[], &mut self.shared.scratch)
+                tunn.decapsulate(None, &[], &mut self.shared.scratch)
             {
                 let q = q.to_vec();
                 self.shared.queue(&id, local, from, q);

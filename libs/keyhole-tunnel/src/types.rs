@@ -34,6 +34,10 @@ pub enum Output<'b, K> {
     Transmit(Transmit<&'b [u8]>),
     /// Write this decrypted IP packet, received on connection `conn`, to TUN.
     Tun { conn: K, packet: &'b [u8] },
+    /// A datagram the peer of ICE-only connection `conn` sent to our
+    /// relayed address, unwrapped from TURN: hand it to whatever carries
+    /// that connection's traffic (the kernel's WireGuard).
+    Relayed { conn: K, datagram: &'b [u8] },
 }
 
 /// Whether traffic goes straight to the peer or through a TURN relay.
@@ -99,6 +103,17 @@ pub struct ConnectionConfig {
     /// authenticated WireGuard packets come from (plain WireGuard
     /// behaviour, for peers that do not speak ICE, e.g. wireguard-go).
     pub static_path: Option<Path>,
+}
+
+/// An ICE-only connection ([`Node::add_ice_connection`](crate::Node::add_ice_connection)):
+/// ICE finds and keeps a path, nothing is encrypted. For a gateway whose
+/// WireGuard runs in the kernel: it points the kernel peer's endpoint at
+/// the path `ConnectionUp` reports.
+#[derive(Debug, Clone)]
+pub struct IceConnectionConfig {
+    pub role: Role,
+    pub local_credentials: IceCredentials,
+    pub remote_credentials: IceCredentials,
 }
 
 /// Node-wide settings. Durations are on the caller's clock (`now`).
@@ -204,4 +219,8 @@ pub enum Error {
     DuplicateRelay,
     #[error("bad ICE candidate: {0}")]
     BadCandidate(String),
+    #[error("an ICE-only connection carries no WireGuard (no routes, no packets)")]
+    IceOnly,
+    #[error("the connection has no path yet")]
+    NoPath,
 }

@@ -325,7 +325,8 @@ fn handle_network<K: ConnectionId>(
             replies.push((t.source, t.destination, t.payload.to_vec()));
             None
         }
-        None => None,
+        // The shell runs WireGuard connections only.
+        Some(Output::Relayed { .. }) | None => None,
     };
     let Some((offset, len)) = kept else { return };
     match steer::queue_of(tun.slot_packet(offset, len), writers.len() + 1) {

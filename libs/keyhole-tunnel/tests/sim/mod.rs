@@ -11,11 +11,15 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey as X25519Public, StaticSecret};
 use keyhole_proto::{IceCandidate, IceCredentials, PresharedKey};
 use keyhole_stun::auth::{rest_password, rest_username};
 use keyhole_stun::server::{PortRange, Server, ServerConfig, Transmit, Transport};
 use keyhole_tunnel::turn::TurnConfig;
-use keyhole_tunnel::{ConnectionConfig, Event, Input, Node, NodeConfig, Output, Role};
+use keyhole_tunnel::{
+    ConnectionConfig, Event, IceConnectionConfig, Input, Node, NodeConfig, Output, Role,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -105,6 +109,34 @@ pub struct Host {
     pub events: Vec<(Duration, Event<Id>)>,
     /// Every IP packet this host's app gave to the node.
     pub tun_tx: Vec<Vec<u8>>,
+    /// Datagrams the node handed out as `Output::Relayed`.
+    pub relayed_rx: Vec<(Id, Vec<u8>)>,
+    /// This host's WireGuard static key.
+    pub private_key: [u8; 32],
+    /// A stand-in for kernel WireGuard beside an ICE-only node.
+    pub kernel_wg: Option<KernelWg>,
+}
+
+/// Kernel WireGuard as the gateway's kernel backend uses it: it owns the
+/// host's socket for WireGuard datagrams (steering leaves them to it), its
+/// peer endpoint is what `ConnectionUp` says, or a local proxy into the
+/// node (`send_on_path`) when the path's local end is a relayed address.
+pub struct KernelWg {
+    pub tunn: Tunn,
+    pub endpoint: Option<KernelEndpoint>,
+    /// Decrypted packets.
+    pub rx: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelEndpoint {
+    Direct(SocketAddr),
+    Proxy,
+}
+
+/// WireGuard message types 1..=4 followed by three zero bytes.
+fn is_wireguard(d: &[u8]) -> bool {
+    d.len() >= 4 && (1..=4).contains(&d[0]) && d[1..4] == [0, 0, 0]
 }
 
 enum Signal {
@@ -186,6 +218,9 @@ impl Sim {
                 tun_rx: Vec::new(),
                 events: Vec::new(),
                 tun_tx: Vec::new(),
+                relayed_rx: Vec::new(),
+                private_key: key,
+                kernel_wg: None,
             });
         }
         Self {
@@ -317,6 +352,122 @@ impl Sim {
             .unwrap();
     }
 
+    /// Like [`Sim::authorize`], but the gateway runs an ICE-only connection
+    /// and its WireGuard is a [`KernelWg`] (the kernel backend).
+    pub fn authorize_ice_only_gateway(&mut self) {
+        let mut psk = [0u8; 32];
+        self.rng.fill_bytes(&mut psk);
+        let creds: Vec<IceCredentials> = self
+            .hosts
+            .iter_mut()
+            .map(|h| h.node.new_ice_credentials())
+            .collect();
+        let now = self.now;
+        let gateway_key = self.hosts[GATEWAY].node.public_key();
+        let client_key = self.hosts[CLIENT].node.public_key();
+        let client = ConnectionConfig {
+            role: Role::Initiator,
+            peer_public_key: gateway_key,
+            preshared_key: Some(PresharedKey::from_bytes(psk)),
+            local_credentials: creds[CLIENT].clone(),
+            remote_credentials: creds[GATEWAY].clone(),
+            persistent_keepalive: None,
+            static_path: None,
+        };
+        self.hosts[CLIENT]
+            .node
+            .add_connection(now, GATEWAY, client)
+            .unwrap();
+        let client_node = &mut self.hosts[CLIENT].node;
+        client_node
+            .add_route(now, "10.99.0.0/24".parse().unwrap(), &GATEWAY)
+            .unwrap();
+        let gw = &mut self.hosts[GATEWAY];
+        gw.node
+            .add_ice_connection(
+                now,
+                CLIENT,
+                IceConnectionConfig {
+                    role: Role::Responder,
+                    local_credentials: creds[GATEWAY].clone(),
+                    remote_credentials: creds[CLIENT].clone(),
+                },
+            )
+            .unwrap();
+        gw.kernel_wg = Some(KernelWg {
+            tunn: Tunn::new(
+                StaticSecret::from(gw.private_key),
+                X25519Public::from(*client_key.as_bytes()),
+                Some(psk),
+                None,
+                7,
+                None,
+            ),
+            endpoint: None,
+            rx: Vec::new(),
+        });
+    }
+
+    /// The gateway's kernel WireGuard sends an IP packet to the client.
+    pub fn kernel_send_ip(&mut self, h: usize, packet: Vec<u8>) {
+        let mut buf = vec![0u8; packet.len() + 64];
+        self.hosts[h].tun_tx.push(packet.clone());
+        let wg = self.hosts[h].kernel_wg.as_mut().expect("kernel WireGuard");
+        if let TunnResult::WriteToNetwork(d) = wg.tunn.encapsulate(&packet, &mut buf) {
+            let d = d.to_vec();
+            self.kernel_wg_send(h, d);
+        }
+    }
+
+    /// A WireGuard datagram reaches the host's kernel WireGuard.
+    fn kernel_wg_input(&mut self, h: usize, from: SocketAddr, datagram: &[u8]) {
+        let mut buf = vec![0u8; datagram.len().max(148) + 64];
+        let mut out = Vec::new();
+        {
+            let wg = self.hosts[h].kernel_wg.as_mut().expect("kernel WireGuard");
+            match wg.tunn.decapsulate(Some(from.ip()), datagram, &mut buf) {
+                TunnResult::WriteToNetwork(d) => {
+                    out.push(d.to_vec());
+                    let mut more = vec![0u8; 2048];
+                    while let TunnResult::WriteToNetwork(q) =
+                        wg.tunn.decapsulate(None, &[], &mut more)
+                    {
+                        out.push(q.to_vec());
+                    }
+                }
+                TunnResult::WriteToTunnelV4(p, _) => wg.rx.push(p.to_vec()),
+                _ => {}
+            }
+        }
+        for d in out {
+            self.kernel_wg_send(h, d);
+        }
+    }
+
+    fn kernel_wg_send(&mut self, h: usize, datagram: Vec<u8>) {
+        let wg = self.hosts[h].kernel_wg.as_ref().expect("kernel WireGuard");
+        match wg.endpoint {
+            None => {}
+            Some(KernelEndpoint::Direct(to)) => {
+                let private = self.hosts[h].private;
+                self.send_datagram(h, private, to, datagram);
+            }
+            Some(KernelEndpoint::Proxy) => {
+                let mut buf = vec![0u8; datagram.len() + 16];
+                let now = self.now;
+                let t = self.hosts[h]
+                    .node
+                    .send_on_path(now, &(1 - h), &datagram, &mut buf)
+                    .expect("the ICE-only connection has a path");
+                if let Some(t) = t {
+                    let payload = t.payload.to_vec();
+                    self.send_datagram(h, t.source, t.destination, payload);
+                }
+                self.drain(h);
+            }
+        }
+    }
+
     /// The app on host `h` writes an IP packet to TUN.
     pub fn send_ip(&mut self, h: usize, packet: Vec<u8>) {
         let mut buf = std::mem::take(&mut self.buf);
@@ -338,6 +489,15 @@ impl Sim {
             }
             Some(Output::Tun { conn, packet }) => {
                 self.hosts[h].tun_rx.push((conn, packet.to_vec()));
+            }
+            Some(Output::Relayed { conn, datagram }) => {
+                let datagram = datagram.to_vec();
+                self.hosts[h].relayed_rx.push((conn, datagram.clone()));
+                if self.hosts[h].kernel_wg.is_some() {
+                    // Through the local proxy: its address is the source.
+                    let proxy = SocketAddr::from(([127, 0, 0, 1], 40_000));
+                    self.kernel_wg_input(h, proxy, &datagram);
+                }
             }
             None => {}
         }
@@ -399,6 +559,11 @@ impl Sim {
             },
             None => d.to,
         };
+        if self.hosts[h].kernel_wg.is_some() && is_wireguard(&d.payload) {
+            // Steering leaves WireGuard datagrams to the kernel.
+            self.kernel_wg_input(h, d.from, &d.payload);
+            return;
+        }
         let mut buf = std::mem::take(&mut self.buf);
         let now = self.now;
         let out = self.hosts[h].node.handle_input(
@@ -421,6 +586,19 @@ impl Sim {
             self.send_datagram(h, t.source, t.destination, t.payload);
         }
         while let Some(e) = self.hosts[h].node.poll_event() {
+            if let (Event::ConnectionUp { path, .. }, true) =
+                (&e, self.hosts[h].kernel_wg.is_some())
+            {
+                // What the gateway sets over netlink.
+                let endpoint = if self.hosts[h].node.is_relayed_address(path.local) {
+                    KernelEndpoint::Proxy
+                } else {
+                    KernelEndpoint::Direct(path.remote)
+                };
+                if let Some(wg) = &mut self.hosts[h].kernel_wg {
+                    wg.endpoint = Some(endpoint);
+                }
+            }
             let at = self.now + self.signal_latency;
             match &e {
                 Event::LocalCandidate { conn, candidate } => {
