@@ -5,6 +5,8 @@
 mod backoff;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod control;
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+mod device_flow;
 mod dirs;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod dns;
@@ -12,10 +14,12 @@ mod dns;
 mod ipc;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod keys;
+mod login;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 mod platform;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod resolv;
+mod session_file;
 #[cfg(target_os = "linux")]
 mod up;
 
@@ -48,12 +52,13 @@ struct Args {
 enum Command {
     /// Bring the tunnel up (foreground).
     Up {
-        /// Portal URL (http://, https://, ws:// or wss://).
+        /// Portal URL (http://, https://, ws:// or wss://) [default: the
+        /// one `keyhole login` stored].
         #[arg(long, env = "KEYHOLE_PORTAL_URL")]
-        portal_url: String,
-        /// Service-account token.
+        portal_url: Option<String>,
+        /// Service-account token [default: the one `keyhole login` stored].
         #[arg(long, env = "KEYHOLE_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Option<String>,
         /// TUN interface name.
         #[arg(long, env = "KEYHOLE_TUN_NAME", default_value = "keyhole0")]
         tun_name: String,
@@ -76,6 +81,24 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         upstream_dns: Vec<std::net::SocketAddr>,
     },
+    /// Sign this device in: approve it in a browser (device flow), or
+    /// store a service-account token with --token.
+    Login {
+        /// Portal URL [default: the one stored by an earlier login].
+        #[arg(long, env = "KEYHOLE_PORTAL_URL")]
+        portal_url: Option<String>,
+        /// Store this service-account token instead of signing in.
+        #[arg(long, env = "KEYHOLE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Device name shown when approving and to admins [default: host name].
+        #[arg(long)]
+        name: Option<String>,
+        /// Do not try to open a browser (it is only tried with a display).
+        #[arg(long)]
+        no_browser: bool,
+    },
+    /// Delete the stored token (and revoke it at the portal if reachable).
+    Logout,
     /// Stop the running `keyhole up` (or clean up after a killed one).
     Down {
         /// TUN to remove if no record of it is left.
@@ -116,6 +139,7 @@ fn main() -> Result<()> {
             no_dns,
             upstream_dns,
         } => {
+            let (portal_url, token) = login::credentials(&state_dir, portal_url, token)?;
             #[cfg(target_os = "linux")]
             {
                 let rt = tokio::runtime::Builder::new_multi_thread()
@@ -143,6 +167,19 @@ fn main() -> Result<()> {
                 bail!("`keyhole up` is only implemented on Linux so far")
             }
         }
+        Command::Login {
+            portal_url,
+            token,
+            name,
+            no_browser,
+        } => login::login(login::LoginArgs {
+            portal_url,
+            token,
+            name,
+            state_dir,
+            open_browser: !no_browser,
+        }),
+        Command::Logout => login::logout(&state_dir),
         Command::Down { tun_name } => down(&runtime_dir, &tun_name),
         Command::Status { json } => {
             let s = status(&runtime_dir)?;
