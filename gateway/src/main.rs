@@ -36,13 +36,19 @@ pub struct Args {
     /// Tunnel interface name (WireGuard link or TUN).
     #[arg(long, env = "KEYHOLE_INTERFACE", default_value = "keyhole0")]
     pub interface: String,
-    /// UDP port for WireGuard (and ICE with the userspace backend).
+    /// UDP port for WireGuard and ICE (the kernel backend shares it through
+    /// STUN steering on the uplinks).
     #[arg(long, env = "KEYHOLE_LISTEN_PORT", default_value_t = 51820)]
     pub listen_port: u16,
     /// Addresses offered to clients as ICE host candidates (repeatable);
     /// default: every non-loopback IPv4 address of the host.
     #[arg(long = "advertise", env = "KEYHOLE_ADVERTISE", value_delimiter = ',')]
     pub advertise: Vec<IpAddr>,
+    /// Uplink interfaces (repeatable) where STUN steering lets ICE share the
+    /// kernel WireGuard port; default: those holding the advertised
+    /// addresses. Kernel backend only.
+    #[arg(long = "uplink", env = "KEYHOLE_UPLINK", value_delimiter = ',')]
+    pub uplinks: Vec<String>,
     /// Name shown to admins; default: the host name.
     #[arg(long, env = "KEYHOLE_NAME")]
     pub name: Option<String>,

@@ -9,13 +9,15 @@ use chrono::{DateTime, Utc};
 use futures_util::{SinkExt as _, StreamExt as _};
 use ipnet::IpNet;
 use keyhole_ebpf_common::policy::DEFAULT_MAX_ENTRIES;
-use keyhole_gateway::backend::{DataPlane, TunnelEvent, UserspaceWg, userspace::client_routes};
+use keyhole_gateway::backend::{
+    DataPlane, KernelPlane, TunnelEvent, UserspaceWg, userspace::client_routes,
+};
 use keyhole_gateway::dns::{Answer, DnsTable, Resolver};
 use keyhole_gateway::nat::{GatewayNat, NatConfig, NftCommand};
 use keyhole_gateway::policy::{AuthorizationId, PolicyFilter};
 use keyhole_gateway::session::{Action, Backoff, FlowInstall, Session, SessionConfig};
 use keyhole_gateway::state::load_or_create_key;
-use keyhole_gateway::wg::{BackendKind, InterfaceConfig, KernelWg, link, resolve};
+use keyhole_gateway::wg::{BackendKind, InterfaceConfig, link, resolve};
 use keyhole_proto::TunnelAddresses;
 use tokio::net::TcpStream;
 use tokio::signal::unix::{SignalKind, signal};
@@ -155,7 +157,16 @@ pub async fn run(args: Args) -> Result<()> {
         mtu: None,
     };
     let plane = match kind {
-        BackendKind::Kernel => DataPlane::Kernel(KernelWg::create(&rtnl, &cfg).await?),
+        BackendKind::Kernel => {
+            let hosts = host_candidates(&args)?;
+            let uplinks = if args.uplinks.is_empty() {
+                uplinks_of(&hosts)?
+            } else {
+                args.uplinks.clone()
+            };
+            tracing::info!(?hosts, ?uplinks, "ICE host candidates and uplinks");
+            DataPlane::Kernel(KernelPlane::create(&rtnl, &cfg, &hosts, &uplinks).await?)
+        }
         BackendKind::Userspace => {
             let hosts = host_candidates(&args)?;
             tracing::info!(?hosts, "ICE host candidates");
@@ -233,7 +244,12 @@ async fn event_loop(args: &Args, url: &str, gw: &mut Gateway) -> Result<()> {
                             session.local_candidate(client_id, candidate)
                         }
                         TunnelEvent::Up { client_id, path } => {
-                            tracing::info!(client = %client_id, ?path, "client connected")
+                            tracing::info!(client = %client_id, ?path, "client connected");
+                            if let DataPlane::Kernel(k) = &gw.plane {
+                                for (uplink, c) in k.steering_counters() {
+                                    tracing::info!(%uplink, ?c, "STUN steering counters");
+                                }
+                            }
                         }
                         TunnelEvent::Failed { client_id } => {
                             tracing::info!(client = %client_id, "client connection failed");
@@ -540,6 +556,29 @@ fn host_candidates(args: &Args) -> Result<Vec<SocketAddr>> {
                 out.push(SocketAddr::new(IpAddr::V4(ip), args.listen_port));
             }
         }
+    }
+    Ok(out)
+}
+
+/// The interfaces holding the advertised addresses: where STUN for the
+/// WireGuard port arrives, so where the steering programs go.
+fn uplinks_of(hosts: &[SocketAddr]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().context("listing addresses")? {
+        let ip = ifa.address.as_ref().and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        });
+        if let Some(ip) = ip
+            && hosts.iter().any(|h| h.ip() == ip)
+            && !out.contains(&ifa.interface_name)
+        {
+            out.push(ifa.interface_name);
+        }
+    }
+    if out.is_empty() {
+        bail!("no interface holds an advertised address; name the uplink with --uplink");
     }
     Ok(out)
 }

@@ -2,49 +2,63 @@
 //! userspace tunnel, plus what the session needs beyond [`WgBackend`]
 //! (ICE credentials and candidates, relays, tunnel events).
 //!
-//! With the kernel backend, ICE is not wired up yet (the eBPF port
-//! sharing is future work, see the README): peers get WireGuard only and
-//! reach the gateway by roaming to its listen port.
+//! - userspace ([`UserspaceWg`]): keyhole-tunnel's node does ICE and
+//!   WireGuard on one socket, packets go through a TUN.
+//! - kernel ([`KernelPlane`]): kernel WireGuard carries the traffic; an
+//!   ICE-only node ([`kernel_ice`]) runs the checks and TURN on a
+//!   userspace socket that shares the WireGuard port through STUN steering
+//!   on the uplinks ([`crate::steering`]), and sets each client's kernel
+//!   endpoint to the nominated path (through a local proxy when our
+//!   relayed address is its local end). See the README, "Kernel backend +
+//!   ICE", for the design and its trade-offs.
 
+pub mod kernel;
+pub mod kernel_ice;
 pub mod userspace;
 
 use keyhole_proto::{ClientId, IceCandidate, PublicKey, RelayId, RelayInfo};
 
 use crate::session::PeerSetup;
-use crate::wg::{KernelWg, WgBackend, WgError};
+use crate::wg::{WgBackend, WgError};
+pub use kernel::KernelPlane;
 pub use userspace::{TunnelEvent, UserspaceWg};
 
 #[derive(Debug)]
 pub enum DataPlane {
-    Kernel(KernelWg),
+    Kernel(KernelPlane),
     Userspace(UserspaceWg),
 }
 
 impl DataPlane {
     pub fn backend(&mut self) -> &mut dyn WgBackend {
         match self {
-            DataPlane::Kernel(k) => k,
+            DataPlane::Kernel(k) => &mut k.wg,
             DataPlane::Userspace(u) => u,
         }
     }
 
     pub fn interface(&self) -> &str {
         match self {
-            DataPlane::Kernel(k) => k.interface(),
+            DataPlane::Kernel(k) => k.wg.interface(),
             DataPlane::Userspace(u) => u.interface(),
         }
     }
 
     pub fn public_key(&self) -> PublicKey {
         match self {
-            DataPlane::Kernel(k) => k.public_key(),
+            DataPlane::Kernel(k) => k.wg.public_key(),
             DataPlane::Userspace(u) => u.public_key(),
         }
     }
 
     pub fn add_peer(&mut self, setup: &PeerSetup) -> Result<(), WgError> {
         match self {
-            DataPlane::Kernel(k) => k.upsert_peer(&setup.peer),
+            DataPlane::Kernel(k) => k.add_peer(
+                setup.client_id,
+                &setup.peer,
+                setup.local_ice.clone(),
+                setup.remote_ice.clone(),
+            ),
             DataPlane::Userspace(u) => u.add_ice_peer(
                 setup.client_id,
                 &setup.peer,
@@ -56,7 +70,7 @@ impl DataPlane {
 
     pub fn remove_peer(&mut self, client_id: ClientId, key: &PublicKey) -> Result<(), WgError> {
         match self {
-            DataPlane::Kernel(k) => k.remove_peer(key),
+            DataPlane::Kernel(k) => k.remove_peer(client_id, key),
             DataPlane::Userspace(u) => u.remove_client(client_id),
         }
     }
@@ -67,28 +81,28 @@ impl DataPlane {
         candidates: Vec<IceCandidate>,
     ) -> Result<(), WgError> {
         match self {
-            DataPlane::Kernel(_) => Ok(()),
+            DataPlane::Kernel(k) => k.add_remote_candidates(client_id, candidates),
             DataPlane::Userspace(u) => u.add_remote_candidates(client_id, candidates),
         }
     }
 
     pub fn add_relays(&mut self, relays: &[RelayInfo]) -> Result<(), WgError> {
         match self {
-            DataPlane::Kernel(_) => Ok(()),
+            DataPlane::Kernel(k) => k.add_relays(relays),
             DataPlane::Userspace(u) => u.add_relays(relays),
         }
     }
 
     pub fn remove_relays(&mut self, ids: &[RelayId]) -> Result<(), WgError> {
         match self {
-            DataPlane::Kernel(_) => Ok(()),
+            DataPlane::Kernel(k) => k.remove_relays(ids),
             DataPlane::Userspace(u) => u.remove_relays(ids),
         }
     }
 
     pub fn poll_events(&mut self) -> Vec<TunnelEvent> {
         match self {
-            DataPlane::Kernel(_) => Vec::new(),
+            DataPlane::Kernel(k) => k.poll_events(),
             DataPlane::Userspace(u) => u.poll_events(),
         }
     }

@@ -278,6 +278,14 @@ fn attach_and_pin(
     pin_path: &Path,
     in_front: bool,
 ) -> Result<FilterLink, PolicyError> {
+    let tcx = aya::util::KernelVersion::current()
+        .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+    if !tcx {
+        // A netlink filter needs the clsact qdisc (it may exist already).
+        if let Err(e) = aya::programs::tc::qdisc_add_clsact(interface) {
+            tracing::debug!(interface, error = %e, "clsact qdisc (may exist already)");
+        }
+    }
     let link_id = if in_front {
         tracing::info!(interface, pin = %pin_path.display(), "replacing a stale policy filter");
         program.attach_with_options(
