@@ -3,7 +3,8 @@
 //! expiry, denial, single use, hashed device codes), the REST endpoints
 //! (validation, the RFC's error codes, the token shown once, rate limits,
 //! self-revocation), and the control channel accepting the token only with
-//! the device key it was bound to.
+//! the device key it was bound to, with policies seeing the sign-in method
+//! the user approved with.
 
 mod api_support;
 mod control_common;
@@ -24,7 +25,15 @@ use keyhole_portal::{
     state::Change,
     store::{DevicePoll, Store, TokenKind, TokenOwner},
 };
-use keyhole_proto::PublicKey;
+use keyhole_portal::{
+    control::tasks::reload_snapshot,
+    policy::{ActorId, Conditions},
+    store::{NewPolicy, NewResource},
+};
+use keyhole_proto::{
+    Envelope, PublicKey, ResourceAddress, ResourceName,
+    messages::{ClientToPortal, FlowFailReason, PortalToClient, RequestFlow},
+};
 use serde_json::{Value, json};
 
 fn now() -> DateTime<Utc> {
@@ -460,6 +469,57 @@ async fn control_binding(database_url: Option<String>) {
     );
     let body = http_body(portal.addr, &q(key(6)), &token.secret).await;
     assert!(body.contains("another device key"), "{body}");
+    // Policies see how the device signed in (password here): an
+    // oidc-only policy does not allow it, a password one does (its site
+    // has no gateway, so that flow fails later, for that reason).
+    let site = portal
+        .first_start
+        .as_ref()
+        .and_then(|f| f.default_site.clone())
+        .expect("default site");
+    let eng = store.create_group("eng", now()).await.unwrap();
+    store
+        .add_member(eng.id, ActorId::User(user.id))
+        .await
+        .unwrap();
+    let resource = |name: &str, cidr: &str| NewResource {
+        name: ResourceName::try_from(name.to_owned()).unwrap(),
+        address: ResourceAddress::Cidr {
+            cidr: cidr.parse().unwrap(),
+        },
+        filters: vec![],
+        site_ids: vec![site.id],
+    };
+    let sso_only = store
+        .create_resource(resource("sso-only", "10.0.1.0/24"), now())
+        .await
+        .unwrap();
+    let any_pw = store
+        .create_resource(resource("password-ok", "10.0.2.0/24"), now())
+        .await
+        .unwrap();
+    for (r, method) in [
+        (&sso_only, SignInMethod::Oidc),
+        (&any_pw, SignInMethod::Password),
+    ] {
+        let mut conditions = Conditions::default();
+        conditions.sign_in_methods = [method].into();
+        store
+            .create_policy(
+                NewPolicy {
+                    group_id: eng.id,
+                    resource_id: r.id,
+                    enabled: true,
+                    conditions,
+                    description: String::new(),
+                },
+                now(),
+            )
+            .await
+            .unwrap();
+    }
+    reload_snapshot(&store, &portal.hub).await;
+
     // Its own key: connected and registered as the user's client.
     let mut ws = connect(portal.addr, &q(key(5)), &token.secret)
         .await
@@ -467,6 +527,31 @@ async fn control_binding(database_url: Option<String>) {
     let clients = store.list_clients(None, 100, 0).await.unwrap();
     assert_eq!(clients.len(), 1);
     assert_eq!(clients[0].public_key, key(5));
+    let ask = |id: u64, r: &keyhole_proto::Resource| {
+        control_common::request(
+            id,
+            ClientToPortal::RequestFlow(RequestFlow {
+                resource_id: r.id,
+                connected_gateway_ids: vec![],
+                dns: vec![],
+            }),
+        )
+    };
+    let failure = |env: Envelope<PortalToClient>| match env.message {
+        PortalToClient::FlowFailed(f) => f.reason,
+        other => panic!("expected flow_failed, got {other:?}"),
+    };
+    let _init = control_common::frame::<PortalToClient>(&mut ws).await;
+    control_common::send(&mut ws, &ask(1, &sso_only)).await;
+    assert_eq!(
+        failure(control_common::frame(&mut ws).await),
+        FlowFailReason::NotAllowed
+    );
+    control_common::send(&mut ws, &ask(2, &any_pw)).await;
+    assert_eq!(
+        failure(control_common::frame(&mut ws).await),
+        FlowFailReason::NoGatewayOnline
+    );
     // Revoked (as the admin page does): the connection is closed.
     for id in store.revoke_device_sign_ins(key(5)).await.unwrap() {
         portal.app.publish(Change::TokenRevoked(id));
