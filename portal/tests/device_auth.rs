@@ -502,8 +502,10 @@ async fn control_binding(database_url: Option<String>) {
         (&sso_only, SignInMethod::Oidc),
         (&any_pw, SignInMethod::Password),
     ] {
-        let mut conditions = Conditions::default();
-        conditions.sign_in_methods = [method].into();
+        let conditions = Conditions {
+            sign_in_methods: [method].into(),
+            ..Conditions::default()
+        };
         store
             .create_policy(
                 NewPolicy {
