@@ -289,9 +289,49 @@ pub fn logout(state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A refused control-channel connection, with the portal's reason (it
+/// answers before the upgrade, e.g. a token bound to another device key).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub fn connect_error(e: tokio_tungstenite::tungstenite::Error) -> anyhow::Error {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            let status = resp.status();
+            let reason = resp
+                .body()
+                .as_deref()
+                .map(|b| {
+                    String::from_utf8_lossy(&b[..b.len().min(300)])
+                        .trim()
+                        .to_owned()
+                })
+                .unwrap_or_default();
+            let hint = if matches!(status.as_u16(), 401 | 403) {
+                " (sign in again with `keyhole login`)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("the portal refused the connection: HTTP {status}: {reason}{hint}")
+        }
+        e => e.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_connection_says_why() {
+        use tokio_tungstenite::tungstenite::{Error, http::Response};
+        let resp = Response::builder()
+            .status(403)
+            .body(Some(b"this sign-in belongs to another device key".to_vec()))
+            .unwrap();
+        let m = format!("{}", connect_error(Error::Http(Box::new(resp))));
+        assert!(m.contains("HTTP 403"), "{m}");
+        assert!(m.contains("another device key"), "{m}");
+        assert!(m.contains("keyhole login"), "{m}");
+    }
 
     #[test]
     fn portal_urls_become_http_bases() {

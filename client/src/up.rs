@@ -632,7 +632,8 @@ fn spawn_connect(url: &str, token: &str) -> JoinHandle<Result<Ws>> {
         );
         let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(req))
             .await
-            .context("timed out")??;
+            .context("timed out")?
+            .map_err(crate::login::connect_error)?;
         Ok(ws)
     })
 }
