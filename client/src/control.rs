@@ -144,15 +144,27 @@ pub struct Control {
     actions: VecDeque<Action>,
 }
 
-/// The networks a resource is reached through, if it is routed by address.
-pub fn resource_nets(r: &Resource) -> Option<IpNet> {
+/// The networks a resource is reached through when it is routed by
+/// address. The internet resource is everything (a full tunnel); longest
+/// prefix still sends other resources to their own flows.
+pub fn resource_nets(r: &Resource) -> Vec<IpNet> {
     match r.address {
-        ResourceAddress::Ip { ip } => Some(IpNet::from(ip)),
-        ResourceAddress::Cidr { cidr } => Some(cidr),
-        // DNS resources get proxy IPs; the internet resource is not routed yet.
-        ResourceAddress::Dns { .. } | ResourceAddress::Internet => None,
+        ResourceAddress::Ip { ip } => vec![IpNet::from(ip)],
+        ResourceAddress::Cidr { cidr } => vec![cidr],
+        ResourceAddress::Internet => vec![FULL_TUNNEL_V4, FULL_TUNNEL_V6],
+        // DNS resources get proxy IPs.
+        ResourceAddress::Dns { .. } => Vec::new(),
     }
 }
+
+pub const FULL_TUNNEL_V4: IpNet = IpNet::V4(ipnet::Ipv4Net::new_assert(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
+pub const FULL_TUNNEL_V6: IpNet = IpNet::V6(ipnet::Ipv6Net::new_assert(
+    std::net::Ipv6Addr::UNSPECIFIED,
+    0,
+));
 
 impl Control {
     pub fn new() -> Self {
@@ -312,9 +324,8 @@ impl Control {
             let nets = self
                 .resources
                 .get(&resource_id)
-                .and_then(resource_nets)
-                .into_iter()
-                .collect();
+                .map(resource_nets)
+                .unwrap_or_default();
             (resource_id, nets, Vec::new())
         };
         if let Some((at, _)) = self.failed.get(&resource_id) {
@@ -424,7 +435,7 @@ impl Control {
     pub fn resource_for(&self, dst: IpAddr) -> Option<ResourceId> {
         self.resources
             .values()
-            .filter_map(|r| resource_nets(r).map(|n| (n, r.id)))
+            .flat_map(|r| resource_nets(r).into_iter().map(|n| (n, r.id)))
             .filter(|(n, _)| n.contains(&dst))
             .max_by_key(|(n, _)| n.prefix_len())
             .map(|(_, id)| id)
@@ -493,7 +504,7 @@ impl Control {
                     address: ResourceAddress::Dns { .. },
                     ..
                 }) => self.dns_assignments(f.resource_id).0,
-                Some(r) => resource_nets(r).into_iter().collect(),
+                Some(r) => resource_nets(r),
                 None => Vec::new(),
             },
         };
@@ -569,7 +580,7 @@ impl Control {
     }
 
     fn push_routes(&mut self) {
-        let mut nets: Vec<IpNet> = self.resources.values().filter_map(resource_nets).collect();
+        let mut nets: Vec<IpNet> = self.resources.values().flat_map(resource_nets).collect();
         if self
             .resources
             .values()

@@ -454,3 +454,51 @@ fn an_error_reply_to_a_request_holds_off_like_a_failure() {
         "requested"
     );
 }
+
+#[test]
+fn the_internet_resource_is_a_full_tunnel_behind_more_specific_resources() {
+    const R_NET0: &str = "00000000-0000-0000-0000-000000000009";
+    let now = t0();
+    let mut c = up(now);
+    drain(&mut c);
+    c.handle_frame(
+        now,
+        &frame(serde_json::json!({
+            "v": 1, "type": "resource_created", "payload": {"resource":
+                {"id": R_NET0, "name": "internet", "address": {"kind": "internet"}}}
+        })),
+    );
+    let a = drain(&mut c);
+    let Some(Action::SetRoutes(nets)) = a.last() else {
+        panic!("{a:?}")
+    };
+    assert!(nets.contains(&FULL_TUNNEL_V4) && nets.contains(&FULL_TUNNEL_V6));
+    // Anything else asks for the internet resource; resources keep theirs.
+    assert_eq!(
+        c.need_flow(now, "192.0.2.1".parse().unwrap()),
+        Some(R_NET0.parse().unwrap())
+    );
+    assert_eq!(
+        c.need_flow(now, "2001:db8::1".parse().unwrap()),
+        None,
+        "asked already: one request covers both families"
+    );
+    assert_eq!(
+        c.need_flow(now, "10.20.0.10".parse().unwrap()),
+        Some(R_IP.parse().unwrap())
+    );
+    drain(&mut c);
+    c.handle_frame(
+        now,
+        &flow_created("00000000-0000-0000-0000-0000000000f1", R_NET0, 7),
+    );
+    let a = drain(&mut c);
+    let routed: Vec<IpNet> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::RouteToGateway { net, .. } => Some(*net),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(routed, vec![FULL_TUNNEL_V4, FULL_TUNNEL_V6]);
+}

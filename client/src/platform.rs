@@ -30,4 +30,24 @@ pub trait Platform {
     fn remove_tun(&mut self, tun: &str) -> Result<()>;
     /// Whether the TUN exists.
     fn tun_exists(&self, tun: &str) -> bool;
+    /// The internet resource: everything the OS has no more specific
+    /// route for goes into the TUN, per family, from `src`. Traffic to
+    /// `exclude` (the portal, the relays) and from sockets passed to
+    /// [`Platform::bypass_tunnel`] keeps the routes it had. Calling it
+    /// again updates the exclusions.
+    fn set_full_tunnel(&mut self, tun: &str, full: &FullTunnel) -> Result<()>;
+    /// Undoes [`Platform::set_full_tunnel`], also one left by a killed run.
+    /// Ok if there is nothing to undo.
+    fn clear_full_tunnel(&mut self) -> Result<()>;
+    /// Lets this socket's traffic bypass the full tunnel (the client's own
+    /// WireGuard/ICE socket must not loop into its own TUN).
+    fn bypass_tunnel(&self, socket: &std::net::UdpSocket) -> Result<()>;
+}
+
+/// What [`Platform::set_full_tunnel`] routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FullTunnel {
+    pub v4: Option<std::net::Ipv4Addr>,
+    pub v6: Option<std::net::Ipv6Addr>,
+    pub exclude: std::collections::BTreeSet<IpAddr>,
 }

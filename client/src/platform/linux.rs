@@ -7,7 +7,10 @@ use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 use keyhole_proto::TunnelAddresses;
 
-use super::Platform;
+use super::{FullTunnel, Platform};
+
+#[path = "linux_full_tunnel.rs"]
+mod full_tunnel;
 
 #[derive(Debug, Default)]
 pub struct Linux;
@@ -79,5 +82,18 @@ impl Platform for Linux {
 
     fn tun_exists(&self, tun: &str) -> bool {
         std::path::Path::new("/sys/class/net").join(tun).exists()
+    }
+
+    fn set_full_tunnel(&mut self, tun: &str, full: &FullTunnel) -> Result<()> {
+        full_tunnel::apply(tun, full)
+    }
+
+    fn clear_full_tunnel(&mut self) -> Result<()> {
+        full_tunnel::clear();
+        Ok(())
+    }
+
+    fn bypass_tunnel(&self, socket: &std::net::UdpSocket) -> Result<()> {
+        full_tunnel::bypass(socket)
     }
 }

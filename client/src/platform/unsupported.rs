@@ -30,4 +30,13 @@ impl Platform for Unsupported {
     fn tun_exists(&self, _: &str) -> bool {
         false
     }
+    fn set_full_tunnel(&mut self, _: &str, _: &super::FullTunnel) -> Result<()> {
+        bail!("the internet resource is not implemented on this platform yet")
+    }
+    fn clear_full_tunnel(&mut self) -> Result<()> {
+        Ok(())
+    }
+    fn bypass_tunnel(&self, _: &std::net::UdpSocket) -> Result<()> {
+        Ok(())
+    }
 }
