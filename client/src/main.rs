@@ -18,6 +18,8 @@ mod login;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 mod platform;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+mod relay_fallback;
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod resolv;
 mod session_file;
 #[cfg(target_os = "linux")]

@@ -34,6 +34,7 @@ use crate::control::{Action, Control, PathKind, Status};
 use crate::ipc::{self, Record};
 use crate::keys;
 use crate::platform::{Native, Platform};
+use crate::relay_fallback::TcpFallback;
 use crate::{dns, resolv};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -71,7 +72,9 @@ struct Plane {
     tunnel: Option<TunnelAddresses>,
     routes: BTreeSet<IpNet>,
     relay_local: SocketAddr,
-    relays: HashMap<RelayId, SocketAddr>,
+    relays: HashMap<RelayId, RelayInfo>,
+    /// UDP relays not allocated yet, switched to TCP if that takes long.
+    tcp_fallback: TcpFallback,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -124,6 +127,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         routes: BTreeSet::new(),
         relay_local,
         relays: HashMap::new(),
+        tcp_fallback: TcpFallback::default(),
     };
     let (status_tx, status_rx) = mpsc::channel(8);
     let sock = ipc::socket_path(&args.runtime_dir);
@@ -194,7 +198,10 @@ async fn event_loop(
         tokio::select! {
             _ = sigterm.recv() => return Ok(()),
             _ = sigint.recv() => return Ok(()),
-            _ = events.tick() => plane.drain_events(&mut control),
+            _ = events.tick() => {
+                plane.drain_events(&mut control);
+                plane.relay_fallback();
+            }
             r = recv_dns(&stub, &mut dns_buf) => match r {
                 Ok((n, from)) => {
                     if let Some(stub) = &stub {
@@ -398,7 +405,9 @@ impl Plane {
             Action::AddRelays(r) => self.add_relays(&r),
             Action::RemoveRelays(ids) => {
                 for id in ids {
-                    if let Some(server) = self.relays.remove(&id) {
+                    if let Some(server) = self.relays.remove(&id).and_then(|r| r.ipv4) {
+                        let server = SocketAddr::V4(server);
+                        self.tcp_fallback.removed(server);
                         let _ = self.call(move |node, now| node.remove_relay(now, server));
                     }
                 }
@@ -453,12 +462,52 @@ impl Plane {
             let local = self.relay_local;
             match self.call(move |node, now| node.add_relay(now, local, config))? {
                 Ok(()) => {
-                    self.relays.insert(r.id, server);
+                    self.relays.insert(r.id, r.clone());
+                    self.tcp_fallback.added(server, std::time::Instant::now());
                 }
                 Err(e) => tracing::warn!(relay = %r.id, error = %e, "relay not added"),
             }
         }
         Ok(())
+    }
+
+    /// Moves relays whose UDP allocation is overdue to TCP: the UDP relay
+    /// is removed from the node and the shell connects over TCP instead
+    /// (and keeps reconnecting if the stream is lost).
+    fn relay_fallback(&mut self) {
+        if !self.tcp_fallback.is_waiting() {
+            return;
+        }
+        let Ok(allocated) = self.call(|node, _| {
+            node.relays()
+                .filter(|(_, _, relayed)| relayed.is_some())
+                .map(|(server, _, _)| server)
+                .collect::<Vec<_>>()
+        }) else {
+            return;
+        };
+        let due = self
+            .tcp_fallback
+            .due(std::time::Instant::now(), |s| allocated.contains(&s));
+        for server in due {
+            let Some(r) = self
+                .relays
+                .values()
+                .find(|r| r.ipv4.map(SocketAddr::V4) == Some(server))
+            else {
+                continue;
+            };
+            let config = TurnConfig::new(
+                server,
+                r.credentials.username.clone(),
+                r.credentials.password.clone(),
+            );
+            tracing::info!(%server, "no TURN allocation over UDP; using the relay over TCP");
+            let _ = self.call(move |node, now| node.remove_relay(now, server));
+            if let Err(e) = self.handle().and_then(|h| Ok(h.add_tcp_relay(config)?)) {
+                tracing::warn!(%server, error = %format!("{e:#}"), "relay over TCP");
+            }
+        }
     }
 
     fn status(&self, mut s: Status) -> Status {
