@@ -36,6 +36,7 @@ mod ping;
 mod pipe;
 mod proc;
 mod root;
+pub mod scenario;
 mod spawner;
 mod sweep;
 mod tun;
@@ -43,7 +44,9 @@ mod wait;
 
 pub use link::veth;
 pub use naming::{unique_name, unique_suffix};
-pub use nat::{NatKind, nat, nat_masquerade, nat_symmetric};
+pub use nat::{
+    NatKind, block_udp, blocked_udp_packets, drop_unsolicited, nat, nat_masquerade, nat_symmetric,
+};
 pub use netns::{DEFAULT_RUN_TIMEOUT, Netns};
 pub use nix::sys::signal::Signal;
 pub use pipe::{PipeHandle, PipeStats, tun_pipe};

@@ -103,4 +103,59 @@ impl Netns {
         self.sysctl("net.ipv4.ip_forward", "1")?;
         self.sysctl("net.ipv6.conf.all.forwarding", "1")
     }
+
+    /// Turns TX checksum offload off on `dev` (`ethtool -K dev tx off`),
+    /// so packets this namespace sends carry full checksums. A veth
+    /// otherwise hands them on with a partial checksum (CHECKSUM_PARTIAL,
+    /// kept across forwarding), which an XDP program further on cannot
+    /// update incrementally.
+    pub fn tx_checksum_off(&self, dev: &str) -> Result<()> {
+        self.enter(|| tx_checksum_off(dev))
+            .with_context(|| format!("tx checksum off on {dev} in netns {}", self.name()))
+    }
+}
+
+/// ETHTOOL_STXCSUM 0 on `dev` in the calling thread's namespace.
+fn tx_checksum_off(dev: &str) -> Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut libc::c_void,
+        _pad: [u8; 16],
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    if dev.len() >= 16 {
+        anyhow::bail!("interface name too long: {dev}");
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    let mut req = IfReq {
+        name: [0; 16],
+        data: (&mut value as *mut EthtoolValue).cast(),
+        _pad: [0; 16],
+    };
+    req.name[..dev.len()].copy_from_slice(dev.as_bytes());
+    // SAFETY: a plain socket and one ioctl with a properly sized ifreq
+    // whose data pointer outlives the call; the fd is closed right after.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc < 0 {
+            return Err(err.into());
+        }
+    }
+    Ok(())
 }

@@ -68,3 +68,84 @@ pub fn nat(router: &Netns, out_if: &str, kind: NatKind) -> Result<()> {
         })?;
     Ok(())
 }
+
+/// Drops connections that start from outside `out_if` of `router` and are
+/// addressed to the router itself, as a home router's firewall does.
+///
+/// Without it a hole-punching probe that arrives before the inside host
+/// has sent anything becomes a confirmed conntrack entry of the router's
+/// own (a UDP "connection" to a closed port); the inside host's later
+/// packet to that peer then clashes with it and masquerade picks another
+/// source port, so the NAT stops being endpoint-independent for that peer.
+/// A drop in the input hook comes before conntrack confirms the entry.
+pub fn drop_unsolicited(router: &Netns, out_if: &str) -> Result<()> {
+    let table = table_suffix(out_if)?;
+    let ruleset = format!(
+        "table inet keyhole_fw_{table} {{\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname \"{out_if}\" ct state new drop\n\
+         \t}}\n\
+         }}\n"
+    );
+    router
+        .run_with_stdin("nft", ["-f", "-"], ruleset.as_bytes())
+        .with_context(|| format!("drop unsolicited on {out_if} in netns {}", router.name()))?;
+    Ok(())
+}
+
+/// Drops UDP forwarded from `in_if` of `router` except DNS (port 53), as
+/// networks that allow only TCP out do: a client behind it reaches relays
+/// over TCP only.
+pub fn block_udp(router: &Netns, in_if: &str) -> Result<()> {
+    let table = table_suffix(in_if)?;
+    let ruleset = format!(
+        "table inet keyhole_noudp_{table} {{\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tiifname \"{in_if}\" udp dport != 53 counter drop\n\
+         \t}}\n\
+         }}\n"
+    );
+    router
+        .run_with_stdin("nft", ["-f", "-"], ruleset.as_bytes())
+        .with_context(|| format!("block UDP from {in_if} in netns {}", router.name()))?;
+    Ok(())
+}
+
+/// UDP datagrams [`block_udp`] dropped on `in_if` of `router`.
+pub fn blocked_udp_packets(router: &Netns, in_if: &str) -> Result<u64> {
+    let table = table_suffix(in_if)?;
+    let out = router.run(
+        "nft",
+        [
+            "list",
+            "chain",
+            "inet",
+            &format!("keyhole_noudp_{table}"),
+            "forward",
+        ],
+    )?;
+    let mut words = out.split_whitespace();
+    words
+        .find(|w| *w == "packets")
+        .and_then(|_| words.next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no drop counter in:\n{out}"))
+}
+
+/// A table-name suffix for interface `name`, refusing names nft would not
+/// take literally.
+fn table_suffix(name: &str) -> Result<String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!("unusable interface name {name:?}");
+    }
+    Ok(name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect())
+}

@@ -1,0 +1,251 @@
+//! Connectivity scenarios with the real binaries (portal, relay, gateway
+//! on the userspace backend, `keyhole up`), each on its own topology from
+//! [`keyhole_tests_netns::scenario`]: how the client reaches the gateway
+//! through different NATs and firewalls, proven by what the client reports
+//! and by the relay's own counters. Each prints the figure it measured
+//! (`e2e: <scenario> ...`).
+//!
+//! Needs root and the binaries: `cargo build -p keyhole-portal -p
+//! keyhole-gateway -p keyhole-client -p keyhole-relay` (or the
+//! KEYHOLE_{PORTAL,GATEWAY,CLIENT,RELAY}_BIN variables).
+
+#[path = "tunnel_common.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::tcp_transfer;
+use keyhole_tests_netns::scenario::{
+    Edge, Metrics, RESOURCE_IP, Scenario, ScenarioConfig, Xdp, sock,
+};
+use serde_json::Value;
+
+/// Bytes sent through the tunnel after the path is up.
+const TRANSFER: usize = 1 << 20;
+
+/// The first ping to the resource (flow request, ICE, WireGuard
+/// handshake, delivery), then the client's single connection once its
+/// WireGuard session is established.
+fn first_packet(s: &Scenario) -> (Duration, Value) {
+    let start = Instant::now();
+    s.hosts
+        .client
+        .ping(RESOURCE_IP.parse().unwrap(), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("first ping: {e}\n{}", s.logs()));
+    let first = start.elapsed();
+    let conn = wait_connection(s);
+    (first, conn)
+}
+
+fn wait_connection(s: &Scenario) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = s.client_status().unwrap();
+        if let Some(c) = status["connections"].as_array().and_then(|c| c.first())
+            && c["wireguard_established"] == true
+        {
+            return c.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no established connection: {status}\n{}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Application bytes the relay relayed, userspace and XDP together.
+fn relayed_bytes(m: &Metrics) -> f64 {
+    m.sum("keyhole_relay_userspace_relayed_bytes_total") + m.sum("keyhole_relay_xdp_bytes_total")
+}
+
+fn transfer(s: &Scenario, port: u16) -> Duration {
+    let start = Instant::now();
+    tcp_transfer(
+        &s.hosts.resource,
+        &s.hosts.client,
+        sock(&format!("{RESOURCE_IP}:{port}")),
+        TRANSFER,
+    );
+    start.elapsed()
+}
+
+/// Client and gateway each behind its own endpoint-independent NAT: the
+/// server-reflexive candidates (learnt from the relay's allocation) meet
+/// through hole punching, and the traffic takes the direct path: the
+/// relay relays none of the transferred megabyte.
+#[test]
+fn two_nats_hole_punch_a_direct_path() {
+    let s = Scenario::start(ScenarioConfig {
+        client_edge: Edge::Nat,
+        gateway_edge: Edge::Nat,
+        relay: Some(Xdp::Off),
+        ..Default::default()
+    })
+    .unwrap();
+    let (first, conn) = first_packet(&s);
+    assert_eq!(conn["path"], "direct", "{conn}\n{}", s.logs());
+    // The gateway's router's public address, not its private one.
+    assert!(
+        conn["remote"].as_str().unwrap().starts_with("198.18.4.2:"),
+        "{conn}"
+    );
+    let before = s.relay_metrics().unwrap();
+    assert!(before.get("keyhole_relay_allocations") >= 1.0, "{before:?}");
+    let took = transfer(&s, 7000);
+    let after = s.relay_metrics().unwrap();
+    let relayed = relayed_bytes(&after) - relayed_bytes(&before);
+    assert!(
+        relayed < 10_000.0,
+        "{relayed} bytes went through the relay during a direct transfer"
+    );
+    eprintln!(
+        "e2e: nat-hole-punch first-packet {} ms path=direct remote={} transfer {} KiB in {} ms, relayed {relayed} B",
+        first.as_millis(),
+        conn["remote"].as_str().unwrap(),
+        TRANSFER / 1024,
+        took.as_millis()
+    );
+}
+
+/// Symmetric NAT at the client, endpoint-independent NAT at the gateway:
+/// no direct pair can work, the connection comes up relayed and the
+/// relay's userspace counters carry the transfer.
+#[test]
+fn symmetric_nat_goes_through_the_relay() {
+    let s = Scenario::start(ScenarioConfig {
+        client_edge: Edge::SymmetricNat,
+        gateway_edge: Edge::Nat,
+        relay: Some(Xdp::Off),
+        ..Default::default()
+    })
+    .unwrap();
+    let (first, conn) = first_packet(&s);
+    assert_eq!(conn["path"], "relayed", "{conn}\n{}", s.logs());
+    let before = s.relay_metrics().unwrap();
+    let took = transfer(&s, 7000);
+    let after = s.relay_metrics().unwrap();
+    let relayed = relayed_bytes(&after) - relayed_bytes(&before);
+    assert!(
+        relayed >= TRANSFER as f64,
+        "the relay relayed only {relayed} bytes of a {TRANSFER}-byte transfer\n{after:?}"
+    );
+    eprintln!(
+        "e2e: symmetric-nat first-packet {} ms path=relayed transfer {} KiB in {} ms, relay userspace {} B",
+        first.as_millis(),
+        TRANSFER / 1024,
+        took.as_millis(),
+        relayed
+    );
+}
+
+/// The relayed traffic of the symmetric-NAT scenario, with the relay's XDP
+/// fast path attached (generic mode on its veth): ChannelData to the peer
+/// and datagrams back are relayed in XDP, its counters carry the transfer.
+#[test]
+fn xdp_fast_path_carries_relayed_traffic() {
+    let s = Scenario::start(ScenarioConfig {
+        client_edge: Edge::SymmetricNat,
+        gateway_edge: Edge::Nat,
+        relay: Some(Xdp::Generic),
+        ..Default::default()
+    })
+    .unwrap();
+    let m = s.relay_metrics().unwrap();
+    assert_eq!(
+        m.get("keyhole_relay_xdp_attached"),
+        1.0,
+        "XDP did not attach\n{}",
+        s.logs()
+    );
+    let (first, conn) = first_packet(&s);
+    assert_eq!(conn["path"], "relayed", "{conn}\n{}", s.logs());
+    let before = s.relay_metrics().unwrap();
+    let took = transfer(&s, 7000);
+    let after = s.relay_metrics().unwrap();
+    let d = |name: &str| after.sum(name) - before.sum(name);
+    let xdp = d("keyhole_relay_xdp_bytes_total");
+    let user = d("keyhole_relay_userspace_relayed_bytes_total");
+    eprintln!(
+        "e2e: relay-xdp first-packet {} ms transfer {} KiB in {} ms, XDP {} B ({} packets), userspace {} B; passed: {:?}",
+        first.as_millis(),
+        TRANSFER / 1024,
+        took.as_millis(),
+        xdp,
+        d("keyhole_relay_xdp_packets_total"),
+        user,
+        after
+            .0
+            .iter()
+            .filter(|(k, v)| k.starts_with("keyhole_relay_xdp_passed_total") && **v > 0.0)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        xdp >= TRANSFER as f64,
+        "the fast path relayed only {xdp} bytes of a {TRANSFER}-byte transfer (userspace {user})\n{after:?}"
+    );
+}
+
+/// UDP blocked at the client's network (DNS aside): the client's UDP
+/// allocation never answers, it switches the relay to TCP, and the
+/// connection comes up relayed over TURN/TCP.
+#[test]
+fn udp_blocked_falls_back_to_turn_over_tcp() {
+    let s = Scenario::start(ScenarioConfig {
+        client_edge: Edge::UdpBlocked,
+        gateway_edge: Edge::Nat,
+        relay: Some(Xdp::Off),
+        ..Default::default()
+    })
+    .unwrap();
+    let (first, conn) = first_packet(&s);
+    assert_eq!(conn["path"], "relayed", "{conn}\n{}", s.logs());
+    assert!(
+        s.client
+            .output_so_far()
+            .contains("using the relay over TCP"),
+        "{}",
+        s.logs()
+    );
+    let router = s.hosts.client_router.as_ref().unwrap();
+    let dropped = keyhole_tests_netns::blocked_udp_packets(router, "lan").unwrap();
+    assert!(dropped > 0, "the client never tried UDP");
+    let before = s.relay_metrics().unwrap();
+    let took = transfer(&s, 7000);
+    let after = s.relay_metrics().unwrap();
+    let relayed = relayed_bytes(&after) - relayed_bytes(&before);
+    assert!(
+        relayed >= TRANSFER as f64,
+        "the relay relayed only {relayed} bytes of a {TRANSFER}-byte transfer"
+    );
+    eprintln!(
+        "e2e: udp-blocked-turn-tcp first-packet {} ms path=relayed(tcp) transfer {} KiB in {} ms, relayed {relayed} B, UDP dropped {dropped}",
+        first.as_millis(),
+        TRANSFER / 1024,
+        took.as_millis()
+    );
+}
+
+/// Client and gateway on public addresses with the portal on PostgreSQL
+/// (a throwaway cluster on a Unix socket, or KEYHOLE_TEST_DATABASE_URL):
+/// the whole sequence works the same, over the direct path.
+#[test]
+fn public_direct_path_with_the_portal_on_postgres() {
+    let s = Scenario::start(ScenarioConfig {
+        postgres: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let (first, conn) = first_packet(&s);
+    assert_eq!(conn["path"], "direct", "{conn}\n{}", s.logs());
+    assert_eq!(conn["remote"], format!("{}:51820", s.gateway_ip), "{conn}");
+    let took = transfer(&s, 7000);
+    eprintln!(
+        "e2e: postgres-direct client-ready {} ms first-packet {} ms transfer {} KiB in {} ms",
+        s.client_ready.as_millis(),
+        first.as_millis(),
+        TRANSFER / 1024,
+        took.as_millis()
+    );
+}
