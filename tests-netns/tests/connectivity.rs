@@ -109,14 +109,12 @@ fn two_nats_hole_punch_a_direct_path() {
     );
 }
 
-/// Symmetric NAT at the client, endpoint-independent NAT at the gateway:
-/// no direct pair can work, the connection comes up relayed and the
-/// relay's userspace counters carry the transfer.
-#[test]
-fn symmetric_nat_goes_through_the_relay() {
+/// A relayed scenario: the connection comes up relayed and the relay's
+/// userspace counters carry the whole transfer.
+fn relayed_through_userspace(name: &str, client_edge: Edge, gateway_edge: Edge) {
     let s = Scenario::start(ScenarioConfig {
-        client_edge: Edge::SymmetricNat,
-        gateway_edge: Edge::Nat,
+        client_edge,
+        gateway_edge,
         relay: Some(Xdp::Off),
         ..Default::default()
     })
@@ -132,12 +130,34 @@ fn symmetric_nat_goes_through_the_relay() {
         "the relay relayed only {relayed} bytes of a {TRANSFER}-byte transfer\n{after:?}"
     );
     eprintln!(
-        "e2e: symmetric-nat first-packet {} ms path=relayed transfer {} KiB in {} ms, relay userspace {} B",
+        "e2e: {name} first-packet {} ms path=relayed remote={} transfer {} KiB in {} ms, relay userspace {} B",
         first.as_millis(),
+        conn["remote"].as_str().unwrap_or("?"),
         TRANSFER / 1024,
         took.as_millis(),
         relayed
     );
+}
+
+/// Symmetric NAT at the client, endpoint-independent NAT at the gateway:
+/// no direct pair can work (the client's mapping changes per destination
+/// and the gateway's router admits only replies), so TURN carries it.
+#[test]
+fn symmetric_nat_goes_through_the_relay() {
+    relayed_through_userspace("symmetric-nat", Edge::SymmetricNat, Edge::Nat);
+}
+
+/// The same with the symmetric NAT in front of the gateway: the gateway's
+/// side of the relay is used.
+#[test]
+fn symmetric_nat_at_the_gateway_goes_through_the_relay() {
+    relayed_through_userspace("symmetric-nat-gateway", Edge::Nat, Edge::SymmetricNat);
+}
+
+/// Symmetric NATs on both sides.
+#[test]
+fn two_symmetric_nats_go_through_the_relay() {
+    relayed_through_userspace("two-symmetric-nats", Edge::SymmetricNat, Edge::SymmetricNat);
 }
 
 /// The relayed traffic of the symmetric-NAT scenario, with the relay's XDP
