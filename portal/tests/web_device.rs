@@ -270,6 +270,7 @@ async fn user_approves_a_device_in_the_browser_and_the_admin_revokes_it() {
         // The link leads through sign-in back to the device.
         b.goto(&link).await?;
         anyhow::ensure!(b.path().await? == "/sign-in", "sent to sign in");
+        anyhow::ensure!(b.text("h1").await? == "Sign in to approve a device");
         b.fill("#email", USER_EMAIL).await?;
         b.fill("#password", USER_PASSWORD).await?;
         b.submit("form[action='/sign-in'] button[type=submit]")

@@ -210,4 +210,53 @@ async fn oidc_sign_in_maps_groups_and_admits_only_admins() {
         Ok(())
     })
     .await;
+
+    // bob may sign in with SSO on the way to approve a device (`keyhole
+    // login`); the device's token then carries the oidc sign-in method.
+    let request = store
+        .start_device_authorization(
+            keyhole_proto::PublicKey::from_bytes([8; 32]),
+            "bob-laptop",
+            chrono::TimeDelta::minutes(10),
+            5,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let link = portal.url(&format!("/device?code={}", request.user_code));
+    with_browser("oidc_device", async |b: &Browser| {
+        b.goto(&link).await?;
+        anyhow::ensure!(b.path().await? == "/sign-in", "not sent to sign-in");
+        b.submit("#sso").await?;
+        provider_login(b, "bob").await?;
+        b.wait_js(
+            "return location.pathname === '/device'",
+            Duration::from_secs(15),
+        )
+        .await?;
+        anyhow::ensure!(b.text("#device-name").await? == "bob-laptop");
+        anyhow::ensure!(b.text("#who").await?.contains("single sign-on"));
+        b.submit("#approve").await?;
+        let result = b.text("#device-result").await?;
+        anyhow::ensure!(result.starts_with("Approved"), "{result}");
+        Ok(())
+    })
+    .await;
+    let polled = store
+        .poll_device_authorization(
+            &request.device_code,
+            chrono::TimeDelta::days(1),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let keyhole_portal::store::DevicePoll::Approved { token, .. } = polled else {
+        panic!("approved through SSO, got {polled:?}");
+    };
+    let info = store
+        .verify_token(&token.secret, chrono::Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.sign_in_method, Some(SignInMethod::Oidc));
 }

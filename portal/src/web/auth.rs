@@ -46,7 +46,11 @@ fn form(token: &str, next: &str, email: &str, error: Option<&str>, sso: Option<&
     bare(
         "Sign in",
         html! {
-            h1 { "Sign in" }
+            @if is_user_page(next) {
+                h1 { "Sign in to approve a device" }
+            } @else {
+                h1 { "Sign in" }
+            }
             @if let Some(e) = error {
                 div.alert role="alert" id="sign-in-error" { (e) }
             }

@@ -50,7 +50,7 @@ pub async fn list(State(state): State<AppState>, session: Session) -> WebResult 
         "/clients",
         "Clients",
         html! {
-            p.lead { "Devices that signed in. Revoking one disconnects it at once, ends its flows and its `keyhole login` sign-ins." }
+            p.lead { "Devices that signed in. Revoking one disconnects it at once, ends its flows and its " code { "keyhole login" } " sign-ins." }
             div.table-wrap {
                 table.sortable #clients {
                     thead { tr { th { "Name" } th { "Owner" } th { "Signed in with" } th { "Status" } th { "Tunnel IPv4" } th { "Last seen" } th { "" } } }
@@ -83,7 +83,7 @@ pub async fn list(State(state): State<AppState>, session: Session) -> WebResult 
                 }
             }
             h2 { "Device sign-ins" }
-            p.muted { "Tokens issued by `keyhole login`, each bound to one device key. Revoking one signs that device out and disconnects it." }
+            p.muted { "Tokens issued by " code { "keyhole login" } ", each bound to one device key. Revoking one signs that device out and disconnects it." }
             div.table-wrap {
                 table.sortable #sign-ins {
                     thead { tr { th { "Device" } th { "Owner" } th { "Method" } th { "Device key" } th { "Signed in" } th { "Expires" } th { "" } } }
