@@ -271,7 +271,7 @@ async fn api_flow(mut api: Api) {
         .nest(
             "/api/v1",
             api::router_with(DeviceConfig {
-                starts_per_ip: 4,
+                starts_per_ip: 5,
                 ..DeviceConfig::default()
             }),
         )
@@ -367,7 +367,50 @@ async fn api_flow(mut api: Api) {
     let r = api.send_as(Some(&token), Method::GET, "/users", None).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 
-    // Rate limit: the fifth start from this address within the window.
+    // Deleting the device's client through the API also ends its
+    // sign-in (else it would come back as a new client).
+    let (_, auth3, _) = call(
+        &app,
+        "/device/authorize",
+        json!({"public_key": key(10).to_base64(), "device_name": "spare"}),
+    )
+    .await;
+    let req = store
+        .device_authorization_by_user_code(auth3["user_code"].as_str().unwrap(), now())
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .decide_device_authorization(req.id, user.id, SignInMethod::Password, true, now())
+        .await
+        .unwrap();
+    let (_, tok3, _) = call(
+        &app,
+        "/device/token",
+        poll(auth3["device_code"].as_str().unwrap()),
+    )
+    .await;
+    let token3 = tok3["access_token"].as_str().unwrap().to_owned();
+    let client = store
+        .register_client(ActorId::User(user.id), "spare", key(10), now())
+        .await
+        .unwrap();
+    api.drain_changes();
+    api.delete(&format!("/clients/{}", client.id))
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    assert!(store.verify_token(&token3, now()).await.unwrap().is_none());
+    assert!(
+        api.drain_changes()
+            .iter()
+            .any(|c| matches!(c, Change::TokenRevoked(_)))
+    );
+    assert!(
+        store.verify_token(&token, now()).await.unwrap().is_some(),
+        "other devices keep theirs"
+    );
+
+    // Rate limit: the sixth start from this address within the window.
     let (st, _, _) = call(
         &app,
         "/device/authorize",

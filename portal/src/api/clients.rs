@@ -135,7 +135,8 @@ pub async fn update_client(
     Ok(Json(state.store.get_client(id).await?.into()))
 }
 
-/// Deletes (revokes) a client; its tunnel addresses are never reused.
+/// Deletes (revokes) a client and its `keyhole login` sign-ins; its
+/// tunnel addresses are never reused.
 #[utoipa::path(delete, path = "/clients/{id}", tag = "clients",
     params(("id" = Uuid, Path, description = "Client id")),
     responses((status = 204, description = "Deleted")))]
@@ -145,7 +146,17 @@ pub async fn delete_client(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = client_id(&id)?;
+    let client = state.store.get_client(id).await?;
     state.store.delete_client(id).await?;
     state.publish(Change::ClientDeleted(id.0));
+    // Its `keyhole login` tokens go too, else it would come back as a
+    // new client.
+    for token in state
+        .store
+        .revoke_device_sign_ins(client.public_key)
+        .await?
+    {
+        state.publish(Change::TokenRevoked(token));
+    }
     Ok(StatusCode::NO_CONTENT)
 }
