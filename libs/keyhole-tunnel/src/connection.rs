@@ -125,6 +125,25 @@ impl Connection {
         .min()
     }
 
+    /// A responder whose agent has not nominated yet takes the path of the
+    /// packet that established the WireGuard session: the initiator sends
+    /// over the path its ICE nominated, and the packet is authenticated.
+    /// ICE's own nomination replaces it when it comes. This spares the
+    /// first packet's answer the controlled side's check retransmissions
+    /// (hundreds of milliseconds behind NATs).
+    pub(crate) fn adopt_initiator_path(&mut self, local: SocketAddr, from: SocketAddr) {
+        if self.role != Role::Responder || self.is_static || self.path.is_some() {
+            return;
+        }
+        let kind = self.path_kind(local, from);
+        tracing::debug!(%local, %from, ?kind, "answering over the initiator's path until ICE nominates");
+        self.path = Some(Path {
+            local,
+            remote: from,
+            kind,
+        });
+    }
+
     fn path_kind(&self, local: SocketAddr, remote: SocketAddr) -> PathKind {
         let local_relayed = self
             .agent

@@ -997,6 +997,7 @@ impl<K: ConnectionId> Node<K> {
         }
         if conn.established && !was_established {
             tracing::debug!(conn = ?id, "WireGuard session established");
+            conn.adopt_initiator_path(local, from);
         }
         conn.update_up(&id, now, &mut self.shared);
         output
