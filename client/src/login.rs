@@ -305,7 +305,8 @@ pub fn connect_error(e: tokio_tungstenite::tungstenite::Error) -> anyhow::Error 
                         .to_owned()
                 })
                 .unwrap_or_default();
-            let hint = if matches!(status.as_u16(), 401 | 403) {
+            let hint = if matches!(status.as_u16(), 401 | 403) && !reason.contains("keyhole login")
+            {
                 " (sign in again with `keyhole login`)"
             } else {
                 ""
@@ -331,6 +332,12 @@ mod tests {
         assert!(m.contains("HTTP 403"), "{m}");
         assert!(m.contains("another device key"), "{m}");
         assert!(m.contains("keyhole login"), "{m}");
+        let resp = Response::builder()
+            .status(403)
+            .body(Some(b"run `keyhole login` on this device".to_vec()))
+            .unwrap();
+        let m = format!("{}", connect_error(Error::Http(Box::new(resp))));
+        assert_eq!(m.matches("keyhole login").count(), 1, "{m}");
     }
 
     #[test]
