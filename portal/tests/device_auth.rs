@@ -213,6 +213,53 @@ async fn store_flow(store: Store) {
             .is_err()
     );
 
+    // One sign-in revoked by its token id (the admin page's button); no
+    // other kind of token can be ended that way.
+    let second = store
+        .start_device_authorization(key(1), "ann-laptop", TTL, 5, t0)
+        .await
+        .unwrap();
+    let r = store
+        .device_authorization_by_user_code(&second.user_code, t0)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .decide_device_authorization(r.id, user.id, SignInMethod::Password, true, t0)
+        .await
+        .unwrap();
+    let DevicePoll::Approved { token: second, .. } = poll(second.device_code, s(1)).await else {
+        panic!("second approval");
+    };
+    let sa = store.create_service_account("ci", t0).await.unwrap();
+    let sa_token = store
+        .create_token(
+            TokenKind::ServiceAccount,
+            TokenOwner::ServiceAccount(sa.id),
+            None,
+            None,
+            t0,
+        )
+        .await
+        .unwrap();
+    assert!(store.revoke_device_sign_in(sa_token.id).await.is_err());
+    assert!(
+        store
+            .verify_token(&sa_token.secret, s(2))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store.revoke_device_sign_in(second.id).await.unwrap();
+    assert!(
+        store
+            .verify_token(&second.secret, s(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.revoke_device_sign_in(second.id).await.is_err());
+
     // Revocation by device key removes the token and its binding.
     let revoked = store.revoke_device_sign_ins(key(1)).await.unwrap();
     assert_eq!(revoked, vec![token.id]);
