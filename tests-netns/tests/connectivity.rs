@@ -269,3 +269,113 @@ fn public_direct_path_with_the_portal_on_postgres() {
         took.as_millis()
     );
 }
+
+/// Times `needle` appears in `p`'s output.
+fn count(p: &keyhole_tests_netns::Proc, needle: &str) -> usize {
+    p.output_so_far().matches(needle).count()
+}
+
+/// The portal crashes (SIGKILL) in the middle of an iperf3 transfer over
+/// a relayed path and comes back a second later: the transfer completes,
+/// client, gateway and relay reconnect, and the flow still carries
+/// traffic after they reconciled with the portal.
+#[test]
+fn portal_crash_mid_transfer_keeps_the_relayed_flow() {
+    let mut s = Scenario::start(ScenarioConfig {
+        client_edge: Edge::SymmetricNat,
+        gateway_edge: Edge::Nat,
+        relay: Some(Xdp::Off),
+        ..Default::default()
+    })
+    .unwrap();
+    let (_, conn) = first_packet(&s);
+    assert_eq!(conn["path"], "relayed", "{conn}\n{}", s.logs());
+    let _server = s
+        .hosts
+        .resource
+        .spawn("iperf3", ["-s", "-B", RESOURCE_IP])
+        .unwrap();
+    keyhole_tests_netns::wait_for_tcp_port(
+        &s.hosts.resource,
+        sock(&format!("{RESOURCE_IP}:5201")),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut iperf = s
+        .hosts
+        .client
+        .spawn("iperf3", ["-c", RESOURCE_IP, "-t", "4", "-J"])
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    s.portal.kill().unwrap();
+    let killed = Instant::now();
+    s.client
+        .wait_for_output("reconnecting", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.logs()));
+    std::thread::sleep(Duration::from_secs(1));
+    s.portal.start_again(&s.hosts.portal).unwrap();
+    let restarted = Instant::now();
+
+    // Everyone comes back to the portal: when each was first seen back.
+    let relay = s.relay.as_ref().unwrap();
+    let waits: [(&keyhole_tests_netns::Proc, &str, usize); 3] = [
+        (&s.client, "connected to the portal", 2),
+        (&s.gateway, "connected to the portal", 2),
+        (relay, "registered with the portal again", 1),
+    ];
+    let mut back: [Option<Duration>; 3] = [None; 3];
+    while back.iter().any(Option::is_none) {
+        for (i, (p, needle, n)) in waits.iter().enumerate() {
+            if back[i].is_none() && count(p, needle) >= *n {
+                back[i] = Some(restarted.elapsed());
+            }
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(45),
+            "not everyone reconnected: {back:?}\n{}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let [client_back, gateway_back, relay_back] = back.map(Option::unwrap);
+    let st = iperf.wait_timeout(Duration::from_secs(20)).unwrap();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "iperf3 failed across the portal's crash:\n{}\n{}",
+        iperf.output_so_far(),
+        s.logs()
+    );
+    let report: Value = serde_json::from_str(&iperf.stdout_so_far()).unwrap();
+    assert!(report.get("error").is_none(), "{report}");
+    let received = report["end"]["sum_received"]["bytes"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no bytes in the iperf3 report: {report}"));
+    assert!(received > 0.0, "{report}");
+    // No stall: every one-second interval moved data, the outage's too.
+    let intervals = report["intervals"].as_array().unwrap();
+    assert!(intervals.len() >= 4, "{report}");
+    for i in intervals {
+        assert!(
+            i["sum"]["bytes"].as_f64().unwrap_or(0.0) > 0.0,
+            "a stalled second: {i}"
+        );
+    }
+
+    // After reconciling, the flow is still there and carries traffic.
+    std::thread::sleep(Duration::from_secs(1));
+    s.hosts
+        .client
+        .ping(RESOURCE_IP.parse().unwrap(), Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("no traffic after the portal came back: {e}\n{}", s.logs()));
+    let status = s.client_status().unwrap();
+    assert_eq!(status["portal_connected"], true, "{status}");
+    assert_eq!(status["connections"][0]["path"], "relayed", "{status}");
+    eprintln!(
+        "e2e: portal-crash iperf3 {:.1} MB received across a {} ms outage; back on the portal after restart: client {} ms, gateway {} ms, relay {} ms",
+        received / 1e6,
+        (restarted - killed).as_millis(),
+        client_back.as_millis(),
+        gateway_back.as_millis(),
+        relay_back.as_millis()
+    );
+}

@@ -1,7 +1,7 @@
 //! A real `keyhole-portal` and its REST API, driven with `curl` from the
 //! portal's namespace.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -24,6 +24,9 @@ pub struct Portal {
     pub admin_token: String,
     pub site_id: String,
     ns_name: String,
+    data_dir: PathBuf,
+    database_url: Option<String>,
+    relay_secret: String,
 }
 
 impl Portal {
@@ -37,27 +40,7 @@ impl Portal {
         database_url: Option<&str>,
         relay_secret: &str,
     ) -> Result<Portal> {
-        let bin = portal_bin()?;
-        let mut cmd = ns.command(
-            bin.to_str().context("portal path")?,
-            [
-                "--listen",
-                addr,
-                "--data-dir",
-                data_dir.to_str().context("data dir")?,
-                "--admin-email",
-                ADMIN_EMAIL,
-            ],
-        );
-        cmd.env("KEYHOLE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("KEYHOLE_RELAY_SECRET", relay_secret)
-            .env_remove("DATABASE_URL");
-        if let Some(url) = database_url {
-            cmd.env("DATABASE_URL", url);
-        }
-        let proc = ns.spawn_command(cmd)?;
-        proc.wait_for_output("listening on", Duration::from_secs(30))
-            .with_context(|| format!("portal did not start:\n{}", proc.output_so_far()))?;
+        let proc = spawn(ns, addr, data_dir, database_url, relay_secret)?;
         let out = proc.stdout_so_far();
         let admin_token = out
             .lines()
@@ -76,7 +59,28 @@ impl Portal {
             admin_token,
             site_id,
             ns_name: ns.name().to_owned(),
+            data_dir: data_dir.to_owned(),
+            database_url: database_url.map(str::to_owned),
+            relay_secret: relay_secret.to_owned(),
         })
+    }
+
+    /// SIGKILLs the portal (as a crash would) and waits until it is gone.
+    pub fn kill(&mut self) -> Result<()> {
+        self.proc.kill()
+    }
+
+    /// Starts the portal again on the same database, as after a crash;
+    /// returns once it listens. The old process must be gone.
+    pub fn start_again(&mut self, ns: &Netns) -> Result<()> {
+        self.proc = spawn(
+            ns,
+            &self.addr,
+            &self.data_dir,
+            self.database_url.as_deref(),
+            &self.relay_secret,
+        )?;
+        Ok(())
     }
 
     /// `http://<addr>`, what gateways, clients and relays are given.
@@ -128,4 +132,36 @@ impl Portal {
             None => bail!("{method} {path}: no {field:?} in {v}"),
         }
     }
+}
+
+/// Spawns the portal and waits until it listens.
+fn spawn(
+    ns: &Netns,
+    addr: &str,
+    data_dir: &Path,
+    database_url: Option<&str>,
+    relay_secret: &str,
+) -> Result<Proc> {
+    let bin = portal_bin()?;
+    let mut cmd = ns.command(
+        bin.to_str().context("portal path")?,
+        [
+            "--listen",
+            addr,
+            "--data-dir",
+            data_dir.to_str().context("data dir")?,
+            "--admin-email",
+            ADMIN_EMAIL,
+        ],
+    );
+    cmd.env("KEYHOLE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("KEYHOLE_RELAY_SECRET", relay_secret)
+        .env_remove("DATABASE_URL");
+    if let Some(url) = database_url {
+        cmd.env("DATABASE_URL", url);
+    }
+    let proc = ns.spawn_command(cmd)?;
+    proc.wait_for_output("listening on", Duration::from_secs(30))
+        .with_context(|| format!("portal did not start:\n{}", proc.output_so_far()))?;
+    Ok(proc)
 }
