@@ -120,12 +120,15 @@ fn http() -> Result<reqwest::Client> {
 }
 
 pub fn login(args: LoginArgs) -> Result<()> {
-    let portal_url = match args.portal_url {
-        Some(u) => u,
-        None => match session_file::read(&args.state_dir)? {
-            Some(s) => s.portal_url,
-            None => bail!("give the portal's URL: keyhole login --portal-url https://…"),
-        },
+    // A damaged file is replaced; only a readable one can be ended.
+    let previous = session_file::read(&args.state_dir).unwrap_or_else(|e| {
+        tracing::warn!(error = %format!("{e:#}"), "the stored session is unreadable; replacing it");
+        None
+    });
+    let portal_url = match (args.portal_url, &previous) {
+        (Some(u), _) => u,
+        (None, Some(s)) => s.portal_url.clone(),
+        (None, None) => bail!("give the portal's URL: keyhole login --portal-url https://…"),
     };
     let base = http_base(&portal_url)?;
     if let Some(token) = args.token {
@@ -144,6 +147,7 @@ pub fn login(args: LoginArgs) -> Result<()> {
             "Stored the service-account token in {}. Run `keyhole up`.",
             session_file::path(&args.state_dir).display()
         );
+        end_previous(previous);
         return Ok(());
     }
     let public_key = device_public_key(&args.state_dir)?;
@@ -159,6 +163,36 @@ pub fn login(args: LoginArgs) -> Result<()> {
         },
     )?;
     println!("Signed in to {base} as device \"{name}\". Run `keyhole up`.");
+    end_previous(previous);
+    Ok(())
+}
+
+/// The replaced device sign-in no longer needs to work: end it at its
+/// portal, best effort (an admin can still revoke it).
+fn end_previous(previous: Option<Session>) {
+    let Some(old) = previous.filter(|s| s.kind == Kind::Device) else {
+        return;
+    };
+    let ended = runtime().and_then(|rt| rt.block_on(revoke_at_portal(&old)));
+    match ended {
+        Ok(()) => println!("Ended the previous sign-in at {}.", old.portal_url),
+        Err(e) => tracing::warn!(
+            portal = %old.portal_url,
+            error = %format!("{e:#}"),
+            "could not end the previous sign-in"
+        ),
+    }
+}
+
+/// `POST /api/v1/device/revoke` with the session's own token.
+async fn revoke_at_portal(session: &Session) -> Result<()> {
+    let base = http_base(&session.portal_url)?;
+    let r = http()?
+        .post(format!("{base}/api/v1/device/revoke"))
+        .json(&json!({ "token": session.token }))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "HTTP {}", r.status());
     Ok(())
 }
 
@@ -266,16 +300,7 @@ pub fn logout(state_dir: &Path) -> Result<()> {
         return Ok(());
     };
     if session.kind == Kind::Device {
-        let revoked = runtime()?.block_on(async {
-            let base = http_base(&session.portal_url)?;
-            let r = http()?
-                .post(format!("{base}/api/v1/device/revoke"))
-                .json(&json!({ "token": session.token }))
-                .send()
-                .await?;
-            anyhow::ensure!(r.status().is_success(), "HTTP {}", r.status());
-            anyhow::Ok(())
-        });
+        let revoked = runtime()?.block_on(revoke_at_portal(&session));
         match revoked {
             Ok(()) => println!("Signed out at {}.", session.portal_url),
             Err(e) => println!(

@@ -281,6 +281,21 @@ async fn login_approve_use_and_logout() {
     let other = keyhole_proto::PublicKey::from_bytes([3; 32]).to_base64();
     assert_eq!(control_status(portal.addr, &token, &other).await, 403);
 
+    // Signing in again ends the replaced sign-in at the portal.
+    let login = start_login(&state.0, &base);
+    let code = user_code(&login.read_until("Waiting for approval"));
+    decide_over_http(&base, &code, "approve").await;
+    let (ok, rest) = tokio::task::spawn_blocking(move || login.wait())
+        .await
+        .unwrap();
+    assert!(ok && rest.contains("Ended the previous sign-in"), "{rest}");
+    assert_eq!(control_status(portal.addr, &token, &key).await, 401);
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let token = stored["token"].as_str().unwrap().to_owned();
+    assert_eq!(stored["public_key"], key.as_str(), "same device key");
+    assert_eq!(control_status(portal.addr, &token, &key).await, 101);
+
     // logout revokes at the portal and deletes the file.
     let state_path = state.0.clone();
     let out = tokio::task::spawn_blocking(move || keyhole(&state_path).arg("logout").output())
