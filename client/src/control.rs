@@ -127,6 +127,14 @@ pub struct ConnectionStatus {
     /// Filled in by the shell from the tunnel core.
     #[serde(default)]
     pub wireguard_established: Option<bool>,
+    /// WireGuard payload bytes sent / received and seconds since the last
+    /// handshake, from the tunnel core.
+    #[serde(default)]
+    pub tx_bytes: Option<u64>,
+    #[serde(default)]
+    pub rx_bytes: Option<u64>,
+    #[serde(default)]
+    pub last_handshake_secs: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -630,6 +638,9 @@ impl Control {
                 up_since: g.up_since.map(|t| t.to_rfc3339()),
                 setup_ms: g.setup_latency.map(|d| d.as_millis()),
                 wireguard_established: None,
+                tx_bytes: None,
+                rx_bytes: None,
+                last_handshake_secs: None,
             })
             .collect();
         connections.sort_by(|a, b| a.gateway_id.cmp(&b.gateway_id));

@@ -268,7 +268,7 @@ fn print_status(s: &Status) {
     }
     for c in &s.connections {
         println!(
-            "gateway {}  path {}{}  flows {}  handshake {}  up since {}  setup {}",
+            "gateway {}  path {}{}  flows {}  handshake {}  sent {}  received {}  up since {}  setup {}",
             c.gateway_id,
             c.path,
             c.remote
@@ -277,10 +277,15 @@ fn print_status(s: &Status) {
                 .unwrap_or_default(),
             c.flows,
             match c.wireguard_established {
-                Some(true) => "done",
-                Some(false) => "pending",
-                None => "?",
+                Some(true) => match c.last_handshake_secs {
+                    Some(s) => format!("{s} s ago"),
+                    None => "done".into(),
+                },
+                Some(false) => "pending".into(),
+                None => "?".into(),
             },
+            c.tx_bytes.map_or("-".into(), |b| format!("{b} B")),
+            c.rx_bytes.map_or("-".into(), |b| format!("{b} B")),
             c.up_since.as_deref().unwrap_or("-"),
             c.setup_ms
                 .map(|m| format!("{m} ms"))

@@ -30,10 +30,10 @@ use tokio_tungstenite::tungstenite::{
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::backoff::Backoff;
-use crate::control::{Action, Control, PathKind, Status};
+use crate::control::{Action, Control, FULL_TUNNEL_V4, FULL_TUNNEL_V6, PathKind, Status};
 use crate::ipc::{self, Record};
 use crate::keys;
-use crate::platform::{Native, Platform};
+use crate::platform::{FullTunnel, Native, Platform};
 use crate::relay_fallback::TcpFallback;
 use crate::{dns, resolv};
 
@@ -75,6 +75,10 @@ struct Plane {
     relays: HashMap<RelayId, RelayInfo>,
     /// UDP relays not allocated yet, switched to TCP if that takes long.
     tcp_fallback: TcpFallback,
+    /// The internet resource's routing while it is on (else default).
+    full: FullTunnel,
+    /// Kept out of a full tunnel, like the relays.
+    portal_ips: BTreeSet<IpAddr>,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
@@ -90,6 +94,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, args.listen_port))
         .with_context(|| format!("binding UDP port {}", args.listen_port))?;
     let port = udp.local_addr()?.port();
+    Native.bypass_tunnel(&udp)?;
     let hosts = host_candidates(&args, port)?;
     let mut relay_local = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     for (i, c) in hosts.iter().enumerate() {
@@ -128,6 +133,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         relay_local,
         relays: HashMap::new(),
         tcp_fallback: TcpFallback::default(),
+        full: FullTunnel::default(),
+        portal_ips: portal_ips(&args.portal_url).await,
     };
     let (status_tx, status_rx) = mpsc::channel(8);
     let sock = ipc::socket_path(&args.runtime_dir);
@@ -159,6 +166,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
 /// to a live one.
 pub fn clean_stale(runtime: &Path, tun: &str) -> Result<()> {
     let mut platform = Native;
+    // Rules of a full tunnel outlive the TUN; nothing else uses them.
+    platform.clear_full_tunnel()?;
     if let Some(r) = Record::read(runtime) {
         if r.pid != std::process::id() && ipc::alive(r.pid) {
             bail!("`keyhole up` is already running (pid {})", r.pid);
@@ -382,16 +391,26 @@ impl Plane {
             }
             Action::RemoveConnection(g) => {
                 tracing::info!(gateway = %g, "closing the tunnel to the gateway");
-                self.call(move |node, _| {
+                let r = self.call(move |node, _| {
                     node.remove_connection(&g);
-                })
+                });
+                // Its routes went; resources behind a full tunnel are held
+                // again so they still ask for their own flows.
+                self.hold_routes(self.routes.iter().copied().collect());
+                r
             }
             Action::RouteToGateway { gateway_id, net } => self
                 .call(move |node, now| node.add_route(now, net, &gateway_id))
                 .and_then(|r| r.map(|_| ()).map_err(|e| anyhow::anyhow!("routing {net}: {e}"))),
-            Action::Unroute(net) => self.call(move |node, _| {
-                node.remove_route(net);
-            }),
+            Action::Unroute(net) => {
+                let hold = self.routes.contains(&net);
+                self.call(move |node, _| {
+                    node.remove_route(net);
+                    if hold {
+                        node.hold_route(net);
+                    }
+                })
+            }
             Action::AddRemoteCandidates {
                 gateway_id,
                 candidates,
@@ -402,7 +421,11 @@ impl Plane {
                     }
                 }
             }),
-            Action::AddRelays(r) => self.add_relays(&r),
+            Action::AddRelays(r) => {
+                let added = self.add_relays(&r);
+                self.update_full_tunnel();
+                added
+            }
             Action::RemoveRelays(ids) => {
                 for id in ids {
                     if let Some(server) = self.relays.remove(&id).and_then(|r| r.ipv4) {
@@ -419,17 +442,28 @@ impl Plane {
         }
     }
 
-    /// Makes the OS routes into the TUN exactly `nets`.
+    /// Makes the OS routes into the TUN exactly `nets` (a /0 is the full
+    /// tunnel of its family) and holds them in the tunnel until a flow
+    /// routes them, so a full tunnel does not take their first packets.
     fn set_routes(&mut self, nets: Vec<IpNet>) {
         let want: BTreeSet<IpNet> = nets.into_iter().collect();
-        for net in self.routes.difference(&want).copied().collect::<Vec<_>>() {
-            if let Err(e) = self.platform.remove_route(&self.tun, net) {
+        let gone: Vec<IpNet> = self.routes.difference(&want).copied().collect();
+        for &net in &gone {
+            if net.prefix_len() != 0
+                && let Err(e) = self.platform.remove_route(&self.tun, net)
+            {
                 tracing::warn!(error = %format!("{e:#}"), %net, "removing a route");
             }
             self.routes.remove(&net);
         }
+        let mut added = Vec::new();
         for net in want {
             if self.routes.contains(&net) {
+                continue;
+            }
+            if net.prefix_len() == 0 {
+                self.routes.insert(net);
+                added.push(net);
                 continue;
             }
             let src = self.tunnel.map(|t| match net {
@@ -440,9 +474,85 @@ impl Plane {
                 Ok(()) => {
                     tracing::info!(%net, "route added");
                     self.routes.insert(net);
+                    added.push(net);
                 }
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), %net, "adding a route"),
             }
+        }
+        self.update_full_tunnel();
+        if !gone.is_empty() {
+            let _ = self.call(move |node, _| {
+                for net in gone {
+                    node.release_hold(net);
+                }
+            });
+        }
+        self.hold_routes(added);
+    }
+
+    fn hold_routes(&self, nets: Vec<IpNet>) {
+        if nets.is_empty() {
+            return;
+        }
+        if let Err(e) = self.call(move |node, _| {
+            for net in nets {
+                node.hold_route(net);
+            }
+        }) {
+            tracing::warn!(error = %format!("{e:#}"), "holding routes");
+        }
+    }
+
+    /// Brings the OS's full tunnel in line with the routes (a /0 per
+    /// family, once the tunnel has addresses) and the relays to exclude.
+    fn update_full_tunnel(&mut self) {
+        let t = self.tunnel;
+        let mut want = FullTunnel {
+            v4: t
+                .filter(|_| self.routes.contains(&FULL_TUNNEL_V4))
+                .map(|t| t.ipv4),
+            v6: t
+                .filter(|_| self.routes.contains(&FULL_TUNNEL_V6))
+                .map(|t| t.ipv6),
+            exclude: BTreeSet::new(),
+        };
+        if want.v4.is_some() || want.v6.is_some() {
+            want.exclude.extend(self.portal_ips.iter().copied());
+            want.exclude.extend(
+                self.relays
+                    .values()
+                    .filter_map(|r| r.ipv4)
+                    .map(|a| IpAddr::V4(*a.ip())),
+            );
+        }
+        if want == self.full {
+            return;
+        }
+        let moved = (self.full.v4.is_some() && self.full.v4 != want.v4)
+            || (self.full.v6.is_some() && self.full.v6 != want.v6);
+        let r = if moved || want == FullTunnel::default() {
+            self.platform.clear_full_tunnel()
+        } else {
+            Ok(())
+        };
+        let r = r.and_then(|()| {
+            if want == FullTunnel::default() {
+                Ok(())
+            } else {
+                self.platform.set_full_tunnel(&self.tun, &want)
+            }
+        });
+        match r {
+            Ok(()) => {
+                tracing::info!(
+                    v4 = want.v4.is_some(),
+                    v6 = want.v6.is_some(),
+                    excluded = want.exclude.len(),
+                    "full tunnel (internet resource)"
+                );
+                self.full = want;
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "full tunnel"),
         }
     }
 
@@ -516,13 +626,15 @@ impl Plane {
             .iter()
             .filter_map(|c| c.gateway_id.parse().ok())
             .collect();
-        if let Ok(info) = self.call(move |node, _| {
-            ids.iter()
-                .map(|id| node.connection(id).map(|i| i.wireguard_established))
-                .collect::<Vec<_>>()
-        }) {
-            for (c, est) in s.connections.iter_mut().zip(info) {
-                c.wireguard_established = est;
+        if let Ok(info) =
+            self.call(move |node, _| ids.iter().map(|id| node.connection(id)).collect::<Vec<_>>())
+        {
+            for (c, i) in s.connections.iter_mut().zip(info) {
+                let Some(i) = i else { continue };
+                c.wireguard_established = Some(i.wireguard_established);
+                c.tx_bytes = Some(i.tx_bytes);
+                c.rx_bytes = Some(i.rx_bytes);
+                c.last_handshake_secs = i.since_handshake.map(|d| d.as_secs());
             }
         }
         let counter = |what: &str| {
@@ -538,6 +650,9 @@ impl Plane {
 
     /// Stops the tunnel; closing the TUN deletes it and its routes.
     fn shutdown(&mut self) {
+        if let Err(e) = self.platform.clear_full_tunnel() {
+            tracing::warn!(error = %format!("{e:#}"), "removing the full tunnel");
+        }
         if let Some(h) = self.handle.take() {
             match h.stop() {
                 Ok(stats) => tracing::info!(?stats, "tunnel stopped"),
@@ -707,6 +822,33 @@ async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The portal's addresses, kept out of a full tunnel.
+async fn portal_ips(url: &str) -> BTreeSet<IpAddr> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let default_port = if url.starts_with("https") || url.starts_with("wss") {
+        443
+    } else {
+        80
+    };
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
+    let target = if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    match tokio::net::lookup_host(&target).await {
+        Ok(addrs) => addrs.map(|a| a.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(%target, error = %e, "resolving the portal for the full tunnel");
+            BTreeSet::new()
+        }
     }
 }
 

@@ -346,12 +346,18 @@ impl WgBackend for UserspaceWg {
         let keys: Vec<(PublicKey, ClientId)> = self.keys.iter().map(|(k, c)| (*k, *c)).collect();
         self.call(move |node, _| {
             keys.iter()
-                .map(|(k, c)| PeerStats {
-                    public_key: *k,
-                    last_handshake: None,
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                    endpoint: node.connection(c).and_then(|i| i.path).map(|p| p.remote),
+                .map(|(k, c)| {
+                    let info = node.connection(c);
+                    let info = info.as_ref();
+                    PeerStats {
+                        public_key: *k,
+                        last_handshake: info
+                            .and_then(|i| i.since_handshake)
+                            .and_then(|d| std::time::SystemTime::now().checked_sub(d)),
+                        rx_bytes: info.map_or(0, |i| i.rx_bytes),
+                        tx_bytes: info.map_or(0, |i| i.tx_bytes),
+                        endpoint: info.and_then(|i| i.path).map(|p| p.remote),
+                    }
                 })
                 .collect()
         })

@@ -175,6 +175,11 @@ pub struct ConnectionInfo {
     pub buffered: usize,
     /// Packets dropped because the buffer was full.
     pub buffer_dropped: u64,
+    /// WireGuard payload bytes sent and received (0 for ICE-only).
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Time since the last completed WireGuard handshake, if any.
+    pub since_handshake: Option<std::time::Duration>,
 }
 
 /// Counters of everything the node dropped or did not recognise.

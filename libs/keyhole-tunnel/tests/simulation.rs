@@ -57,6 +57,15 @@ fn public_hosts_connect_directly_and_traffic_flows_encrypted() {
     let (at_gateway, at_client) = exchange(&mut s, 0, 20);
     assert_eq!(at_gateway, (0..20).collect::<Vec<_>>());
     assert_eq!(at_client, (0..20).collect::<Vec<_>>());
+    // Per-connection counters: the 20 packets each way, and a handshake.
+    let sent: usize = s.hosts[CLIENT].tun_tx.iter().map(Vec::len).sum();
+    let info = s.hosts[CLIENT].node.connection(&GATEWAY).unwrap();
+    assert_eq!(info.tx_bytes, sent as u64);
+    assert_eq!(
+        info.rx_bytes,
+        s.hosts[GATEWAY].tun_tx.iter().map(Vec::len).sum::<usize>() as u64
+    );
+    assert!(info.since_handshake.is_some());
     // Delivered packets are byte-identical to what was sent...
     assert_eq!(s.hosts[GATEWAY].tun_rx[0].1, s.hosts[CLIENT].tun_tx[0]);
     assert!(s.hosts[GATEWAY].tun_rx.iter().all(|(c, _)| *c == CLIENT));
