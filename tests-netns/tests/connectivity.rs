@@ -41,8 +41,11 @@ fn wait_connection(s: &Scenario) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = s.client_status().unwrap();
+        // The path is the control loop's view, updated from the tunnel's
+        // events a few milliseconds after the node's own state.
         if let Some(c) = status["connections"].as_array().and_then(|c| c.first())
             && c["wireguard_established"] == true
+            && c["path"] != "connecting"
         {
             return c.clone();
         }
