@@ -441,9 +441,13 @@ fn start_relay(ns: &Netns, portal: &Portal, xdp: Xdp) -> Result<Proc> {
     cmd.env("KEYHOLE_TOKEN", RELAY_SECRET)
         .env_remove("KEYHOLE_RELAY_SECRET");
     let relay = ns.spawn_command(cmd)?;
-    relay
-        .wait_for_output("registered with the portal", Duration::from_secs(20))
-        .with_context(|| format!("relay:\n{}", relay.output_so_far()))?;
+    // Registration comes first; the listeners (and /metrics) follow the
+    // XDP attach.
+    for line in ["registered with the portal", "keyhole-relay listening"] {
+        relay
+            .wait_for_output(line, Duration::from_secs(20))
+            .with_context(|| format!("relay:\n{}", relay.output_so_far()))?;
+    }
     Ok(relay)
 }
 
