@@ -124,6 +124,9 @@ pub struct Scenario {
     pub gateway_ip: IpAddr,
     /// Service-account token the client runs with.
     pub client_token: String,
+    /// The resource 10.20.0.10 and the policy that grants it.
+    pub resource_id: String,
+    pub policy_id: String,
     /// Time from `keyhole up` to the resource's route.
     pub client_ready: Duration,
     pub dir: TempDir,
@@ -175,11 +178,12 @@ impl Scenario {
             &format!("/groups/{group}/members"),
             &format!(r#"{{"kind":"service_account","id":"{sa}"}}"#),
         )?;
-        portal.api(
+        let policy_id = portal.api_str(
             p,
             "POST",
             "/policies",
             &format!(r#"{{"group_id":"{group}","resource_id":"{resource}"}}"#),
+            "id",
         )?;
 
         let relay = match config.relay {
@@ -247,6 +251,8 @@ impl Scenario {
             client_ip,
             gateway_ip,
             client_token,
+            resource_id: resource,
+            policy_id,
             client_ready,
             dir,
         })
