@@ -8,13 +8,16 @@
 //! socket leaves with the WireGuard port as its source. [`StunSteering`]
 //! loads and attaches them; dropping it detaches both.
 
+use std::net::IpAddr;
+
 use aya::{
     Ebpf,
-    maps::{Array, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{ProgramError, SchedClassifier, TcAttachType, tc},
 };
 use keyhole_ebpf_common::steering::{
-    STEER_CHANNEL_DATA, STEERING_CONFIG_MAP, STEERING_COUNTERS_MAP, SteeringConfig, SteeringCounter,
+    MAX_STEERING_ADDRS, STEER_CHANNEL_DATA, STEERING_ADDRS_MAP, STEERING_CONFIG_MAP,
+    STEERING_COUNTERS_MAP, SteeringConfig, SteeringCounter, addr_key_v4,
 };
 
 /// The compiled eBPF object holding the steering programs.
@@ -43,6 +46,8 @@ pub enum SteeringError {
     Missing(&'static str),
     #[error("bad steering ports: WireGuard {wg_port}, ICE {ice_port} (non-zero and distinct)")]
     BadPorts { wg_port: u16, ice_port: u16 },
+    #[error("steering needs 1 to {max} local addresses, got {got}")]
+    BadAddresses { got: usize, max: u32 },
 }
 
 /// What the programs steer.
@@ -71,6 +76,8 @@ pub struct StunSteering {
     interface: String,
     ports: SteeringPorts,
     config: Array<MapData, SteeringConfig>,
+    // Written once at attach; kept so the map lives as long as the programs.
+    _addrs: HashMap<MapData, [u8; 16], u8>,
     counters: PerCpuArray<MapData, u64>,
     // Owns the programs and their links: dropping it detaches them.
     _ebpf: Ebpf,
@@ -86,18 +93,44 @@ impl std::fmt::Debug for StunSteering {
 }
 
 impl StunSteering {
-    /// Loads the programs, writes `ports` and attaches them to
-    /// `interface` (an Ethernet device: the uplink the WireGuard traffic
-    /// arrives on), in the calling thread's network namespace. TCX links
-    /// on kernels ≥ 6.6, a clsact qdisc with netlink filters before.
-    pub fn attach(interface: &str, ports: SteeringPorts) -> Result<Self, SteeringError> {
+    /// Loads the programs, writes `ports` and the `local` addresses whose
+    /// traffic is steered (ingress to them, egress from them; forwarded
+    /// traffic is never touched), and attaches them to `interface` (an
+    /// Ethernet device: the uplink the WireGuard traffic arrives on), in
+    /// the calling thread's network namespace. TCX links on kernels ≥ 6.6,
+    /// a clsact qdisc with netlink filters before.
+    pub fn attach(
+        interface: &str,
+        ports: SteeringPorts,
+        local: &[IpAddr],
+    ) -> Result<Self, SteeringError> {
         if ports.wg_port == 0 || ports.ice_port == 0 || ports.wg_port == ports.ice_port {
             return Err(SteeringError::BadPorts {
                 wg_port: ports.wg_port,
                 ice_port: ports.ice_port,
             });
         }
+        if local.is_empty() || local.len() > MAX_STEERING_ADDRS as usize {
+            return Err(SteeringError::BadAddresses {
+                got: local.len(),
+                max: MAX_STEERING_ADDRS,
+            });
+        }
         let mut ebpf = Ebpf::load(STEERING_EBPF)?;
+        let mut addrs: HashMap<MapData, [u8; 16], u8> = HashMap::try_from(
+            ebpf.take_map(STEERING_ADDRS_MAP)
+                .ok_or(SteeringError::Missing(STEERING_ADDRS_MAP))?,
+        )
+        .map_err(map_err(STEERING_ADDRS_MAP))?;
+        for ip in local {
+            let key = match ip {
+                IpAddr::V4(v4) => addr_key_v4(v4.octets()),
+                IpAddr::V6(v6) => v6.octets(),
+            };
+            addrs
+                .insert(key, 1, 0)
+                .map_err(map_err(STEERING_ADDRS_MAP))?;
+        }
         let mut config: Array<MapData, SteeringConfig> = Array::try_from(
             ebpf.take_map(STEERING_CONFIG_MAP)
                 .ok_or(SteeringError::Missing(STEERING_CONFIG_MAP))?,
@@ -148,6 +181,7 @@ impl StunSteering {
             interface: interface.to_owned(),
             ports,
             config,
+            _addrs: addrs,
             counters,
             _ebpf: ebpf,
         })

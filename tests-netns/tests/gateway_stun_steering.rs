@@ -3,7 +3,8 @@
 //! the "WireGuard port" stands in for the kernel's WireGuard (no WireGuard
 //! module is needed) and must see only non-STUN datagrams; the ICE socket
 //! must get STUN (and ChannelData) and its replies must leave from the
-//! WireGuard port. Checksum offload is off on both veth ends, so every UDP
+//! WireGuard port; datagrams to an address of the gateway not given to
+//! steering (as forwarded traffic would be) are untouched. Checksum offload is off on both veth ends, so every UDP
 //! checksum is a full one the receiver verifies: a wrong incremental update
 //! would drop the datagram and count an InCsumError. Needs root.
 
@@ -138,6 +139,7 @@ fn topology(channel_data: bool) -> Topology {
     let peer = Netns::new("steer-peer").unwrap();
     veth(&gw, "eth0", "10.77.0.1/24", &peer, "eth0", "10.77.0.2/24").unwrap();
     gw.add_addr("eth0", "fd00:77::1/64").unwrap();
+    gw.add_addr("eth0", "10.77.0.3/24").unwrap();
     peer.add_addr("eth0", "fd00:77::2/64").unwrap();
     peer.enter(|| tx_checksum_off("eth0"));
     let (wg, ice, steering) = gw.enter(|| {
@@ -146,6 +148,8 @@ fn topology(channel_data: bool) -> Topology {
         let wg = UdpSocket::bind(("::", WG_PORT)).unwrap();
         let ice = UdpSocket::bind(("::", 0)).unwrap();
         let ice_port = ice.local_addr().unwrap().port();
+        // 10.77.0.3 (added below) is not ours to steer, like a client a
+        // router forwards.
         let steering = StunSteering::attach(
             "eth0",
             SteeringPorts {
@@ -153,6 +157,7 @@ fn topology(channel_data: bool) -> Topology {
                 ice_port,
                 channel_data,
             },
+            &[GW4.parse().unwrap(), GW6.parse().unwrap()],
         )
         .unwrap();
         (wg, ice, steering)
@@ -249,9 +254,15 @@ fn stun_goes_to_the_ice_socket_and_leaves_from_the_wireguard_port() {
         "peer: UDP checksum errors"
     );
 
+    // Addresses not given to steering are not touched (forwarded traffic).
+    let p = t.peer.enter(|| UdpSocket::bind((PEER4, 0)).unwrap());
+    p.send_to(&stun_request(8), ("10.77.0.3", WG_PORT)).unwrap();
+    let (d, _) = recv(&t.wg, "WireGuard socket, STUN to an address not steered");
+    assert_eq!(d, stun_request(8));
+    assert_empty(&t.ice, "ICE socket after STUN to an address not steered");
+
     // Other ports are not the programs' business.
     let other = t.gw.enter(|| UdpSocket::bind((GW4, 40000)).unwrap());
-    let p = t.peer.enter(|| UdpSocket::bind((PEER4, 0)).unwrap());
     p.send_to(&stun_request(9), (GW4, 40000)).unwrap();
     let (d, _) = recv(&other, "STUN to another port");
     assert_eq!(d, stun_request(9));
@@ -280,6 +291,7 @@ fn channel_data_stays_with_wireguard_unless_enabled() {
 
 #[test]
 fn bad_ports_are_refused_before_loading() {
+    let lo = ["127.0.0.1".parse().unwrap()];
     for (wg_port, ice_port) in [(0, 1000), (1000, 0), (1000, 1000)] {
         let r = StunSteering::attach(
             "lo",
@@ -288,7 +300,17 @@ fn bad_ports_are_refused_before_loading() {
                 ice_port,
                 channel_data: false,
             },
+            &lo,
         );
         assert!(r.is_err(), "{wg_port}/{ice_port} accepted");
     }
+    let ports = SteeringPorts {
+        wg_port: 1000,
+        ice_port: 1001,
+        channel_data: false,
+    };
+    assert!(
+        StunSteering::attach("lo", ports, &[]).is_err(),
+        "no addresses accepted"
+    );
 }

@@ -9,6 +9,13 @@
 
 /// Name of the config map (`Array<SteeringConfig>`, one entry).
 pub const STEERING_CONFIG_MAP: &str = "STEERING_CONFIG";
+/// Name of the local addresses steering applies to (`HashMap<[u8; 16], u8>`,
+/// keys from [`addr_key`]): ingress only to them, egress only from them, so
+/// traffic the host forwards (a client behind it using the same port) is
+/// never touched.
+pub const STEERING_ADDRS_MAP: &str = "STEERING_ADDRS";
+/// Capacity of [`STEERING_ADDRS_MAP`].
+pub const MAX_STEERING_ADDRS: u32 = 64;
 /// Name of the counters (`PerCpuArray<u64>`, indexed by [`SteeringCounter`]).
 pub const STEERING_COUNTERS_MAP: &str = "STEERING_COUNTERS";
 
@@ -58,6 +65,14 @@ impl SteeringCounter {
         SteeringCounter::EgressRewritten,
         SteeringCounter::Error,
     ];
+}
+
+/// The address map's key: IPv6 as is, IPv4 as `::ffff:a.b.c.d`.
+#[inline(always)]
+pub fn addr_key_v4(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
 }
 
 /// What an ingress datagram to the WireGuard port is, from the first 8

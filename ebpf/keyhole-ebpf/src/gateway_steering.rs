@@ -15,6 +15,10 @@
 //! with CHECKSUM_PARTIAL the helper leaves the field to the offload, which
 //! is correct since the port is part of the summed data.
 //!
+//! Only packets to (ingress) or from (egress) an address in
+//! `STEERING_ADDRS` are touched: a router forwarding a client that uses the
+//! same port keeps that client's traffic intact.
+//!
 //! Both return `TC_ACT_UNSPEC` (TCX: next program), never drop: whatever
 //! else is attached to the uplink still sees every packet.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
@@ -23,11 +27,12 @@
 mod prog {
     use aya_ebpf::{
         macros::{classifier, map},
-        maps::{Array, PerCpuArray},
+        maps::{Array, HashMap, PerCpuArray},
         programs::TcContext,
     };
     use keyhole_ebpf_common::steering::{
-        PayloadKind, SteeringConfig, SteeringCounter, classify_payload,
+        MAX_STEERING_ADDRS, PayloadKind, SteeringConfig, SteeringCounter, addr_key_v4,
+        classify_payload,
     };
 
     const TC_ACT_UNSPEC: i32 = -1;
@@ -41,6 +46,9 @@ mod prog {
 
     #[map(name = "STEERING_CONFIG")]
     static STEERING_CONFIG: Array<SteeringConfig> = Array::with_max_entries(1, 0);
+
+    #[map(name = "STEERING_ADDRS")]
+    static STEERING_ADDRS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(MAX_STEERING_ADDRS, 0);
 
     #[map(name = "STEERING_COUNTERS")]
     static STEERING_COUNTERS: PerCpuArray<u64> =
@@ -84,7 +92,16 @@ mod prog {
         if config.wg_port == 0 || config.ice_port == 0 {
             return None;
         }
-        let l4 = udp_offset(ctx)?;
+        let (l4, src, dst) = udp_offset(ctx)?;
+        // Only our own addresses: forwarded traffic keeps its ports.
+        let ours = match dir {
+            Direction::In => dst,
+            Direction::Out => src,
+        };
+        // SAFETY: a plain lookup; the value is not kept.
+        if unsafe { STEERING_ADDRS.get(&ours) }.is_none() {
+            return None;
+        }
         let udp: [u8; 8] = ctx.load(l4).ok()?;
         let sport = u16::from_be_bytes([udp[0], udp[1]]);
         let dport = u16::from_be_bytes([udp[2], udp[3]]);
@@ -127,9 +144,10 @@ mod prog {
         }
     }
 
-    /// The UDP header's offset, if this is IPv4/IPv6 UDP with a header.
+    /// The UDP header's offset and the source and destination addresses
+    /// (map keys), if this is IPv4/IPv6 UDP with a header.
     #[inline(always)]
-    fn udp_offset(ctx: &TcContext) -> Option<usize> {
+    fn udp_offset(ctx: &TcContext) -> Option<(usize, [u8; 16], [u8; 16])> {
         match u16::from_be(ctx.skb.protocol() as u16) {
             ETH_P_IP => {
                 let hdr: [u8; 20] = ctx.load(ETH_HLEN).ok()?;
@@ -144,14 +162,20 @@ mod prog {
                 if ihl < 20 {
                     return None;
                 }
-                Some(ETH_HLEN + ihl)
+                let src = addr_key_v4([hdr[12], hdr[13], hdr[14], hdr[15]]);
+                let dst = addr_key_v4([hdr[16], hdr[17], hdr[18], hdr[19]]);
+                Some((ETH_HLEN + ihl, src, dst))
             }
             ETH_P_IPV6 => {
-                let hdr: [u8; 8] = ctx.load(ETH_HLEN).ok()?;
+                let hdr: [u8; 40] = ctx.load(ETH_HLEN).ok()?;
                 if hdr[0] >> 4 != 6 || hdr[6] != IPPROTO_UDP {
                     return None;
                 }
-                Some(ETH_HLEN + 40)
+                let mut src = [0u8; 16];
+                let mut dst = [0u8; 16];
+                src.copy_from_slice(&hdr[8..24]);
+                dst.copy_from_slice(&hdr[24..40]);
+                Some((ETH_HLEN + 40, src, dst))
             }
             _ => None,
         }

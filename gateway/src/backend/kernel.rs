@@ -62,9 +62,10 @@ impl KernelPlane {
             ice_port: ice.ice_port(),
             channel_data: true,
         };
+        let local_ips: Vec<std::net::IpAddr> = advertised.iter().map(SocketAddr::ip).collect();
         let mut steering = Vec::new();
         for uplink in uplinks {
-            let s = StunSteering::attach(uplink, ports)
+            let s = StunSteering::attach(uplink, ports, &local_ips)
                 .map_err(|e| other(format!("STUN steering on {uplink}: {e}")))?;
             steering.push(s);
         }
