@@ -491,3 +491,56 @@ fn revoking_the_policy_cuts_the_flow_within_a_second() {
         cut.as_millis()
     );
 }
+
+/// Two gateways in one site: the one carrying the client's flow is
+/// SIGKILLed; the resource must answer again (through the other gateway)
+/// within 2 s (issue #9).
+///
+/// Ignored: today it takes ~80 s. Nobody tells the client its gateway is
+/// gone: the tunnel notices the dead path by ICE consent (~20 s), then
+/// restarts ICE until `failure_timeout` (60 s) removes the connection,
+/// and only then does the next packet ask the portal for a new flow,
+/// which picks the other gateway. The portal sees the gateway's
+/// WebSocket close at once; telling the client then would close the gap.
+#[test]
+#[ignore = "gateway failover takes ~80 s, not 2 s: see the doc comment"]
+fn gateway_killed_traffic_resumes_through_the_other() {
+    let mut s = Scenario::start(ScenarioConfig {
+        client_edge: Edge::Nat,
+        gateway_edge: Edge::Nat,
+        second_gateway: Some(Edge::Nat),
+        ..Default::default()
+    })
+    .unwrap();
+    let (_, conn) = first_packet(&s);
+    // Each gateway sits behind its own router: 198.18.4.2 or 198.18.5.2.
+    let remote = conn["remote"].as_str().unwrap_or_default();
+    let used_first = remote.starts_with("198.18.4.2:");
+    assert!(
+        used_first || remote.starts_with("198.18.5.2:"),
+        "{conn}\n{}",
+        s.logs()
+    );
+    let killed = Instant::now();
+    if used_first {
+        s.gateway.kill().unwrap();
+    } else {
+        s.gateway2.as_mut().unwrap().kill().unwrap();
+    }
+    let mut resumed = None;
+    while killed.elapsed() < Duration::from_secs(90) {
+        if common::ping_ok(&s.hosts.client, RESOURCE_IP) {
+            resumed = Some(killed.elapsed());
+            break;
+        }
+    }
+    let resumed = resumed.unwrap_or_else(|| panic!("no failover in 90 s\n{}", s.logs()));
+    eprintln!(
+        "e2e: gateway-failover traffic back {} ms after the gateway in use was killed",
+        resumed.as_millis()
+    );
+    assert!(
+        resumed < Duration::from_secs(2),
+        "failover took {resumed:?}"
+    );
+}

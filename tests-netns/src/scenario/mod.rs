@@ -83,6 +83,10 @@ pub struct ScenarioConfig {
     pub relay: Option<Xdp>,
     /// The portal on PostgreSQL ([`TempPostgres`]) instead of SQLite.
     pub postgres: bool,
+    /// A second gateway in the same site behind this edge (side 3:
+    /// 198.18.5.0/24, LAN 192.168.3.0/24), reaching the resource over its
+    /// own link (10.21.0.0/24).
+    pub second_gateway: Option<Edge>,
 }
 
 impl Default for ScenarioConfig {
@@ -92,6 +96,7 @@ impl Default for ScenarioConfig {
             gateway_edge: Edge::Public,
             relay: Some(Xdp::Off),
             postgres: false,
+            second_gateway: None,
         }
     }
 }
@@ -102,6 +107,8 @@ pub struct Hosts {
     pub client_router: Option<Netns>,
     pub gateway: Netns,
     pub gateway_router: Option<Netns>,
+    pub gateway2: Option<Netns>,
+    pub gateway2_router: Option<Netns>,
     pub resource: Netns,
     pub portal: Netns,
     pub relay: Netns,
@@ -113,6 +120,7 @@ pub struct Hosts {
 pub struct Scenario {
     pub client: Proc,
     pub gateway: Proc,
+    pub gateway2: Option<Proc>,
     pub relay: Option<Proc>,
     pub portal: Portal,
     pub hosts: Hosts,
@@ -191,26 +199,23 @@ impl Scenario {
             None => None,
         };
 
-        let mut cmd = hosts.gateway.command(
-            binaries::gateway_bin()?.to_str().context("gateway path")?,
-            [
-                "--portal-url",
-                &portal.url(),
-                "--backend",
-                "userspace",
-                "--interface",
-                "kh-gw",
-                "--advertise",
-                &gateway_ip.to_string(),
-                "--state-dir",
-                dir.path().join("gateway").to_str().context("state dir")?,
-            ],
-        );
-        cmd.env("KEYHOLE_TOKEN", &site_token);
-        let gateway = hosts.gateway.spawn_command(cmd)?;
-        gateway
-            .wait_for_output("tunnel addresses set", Duration::from_secs(20))
-            .with_context(|| format!("gateway:\n{}", gateway.output_so_far()))?;
+        let gateway = start_gateway(
+            &hosts.gateway,
+            gateway_ip,
+            &dir.path().join("gateway"),
+            &portal,
+            &site_token,
+        )?;
+        let gateway2 = match &hosts.gateway2 {
+            Some(ns) => Some(start_gateway(
+                ns,
+                host_ip(config.second_gateway.unwrap_or(Edge::Public), 3),
+                &dir.path().join("gateway2"),
+                &portal,
+                &site_token,
+            )?),
+            None => None,
+        };
 
         let started = Instant::now();
         let mut cmd = client_command(&hosts.client, dir.path(), &["up"])?;
@@ -244,6 +249,7 @@ impl Scenario {
         Ok(Scenario {
             client,
             gateway,
+            gateway2,
             relay,
             portal,
             hosts,
@@ -284,6 +290,9 @@ impl Scenario {
             self.client.output_so_far(),
             self.gateway.output_so_far()
         );
+        if let Some(g) = &self.gateway2 {
+            s += &format!("--- gateway2:\n{}\n", g.output_so_far());
+        }
         if let Some(r) = &self.relay {
             s += &format!("--- relay:\n{}\n", r.output_so_far());
         }
@@ -302,7 +311,40 @@ pub fn client_command(ns: &Netns, dir: &Path, args: &[&str]) -> Result<Command> 
     Ok(cmd)
 }
 
-/// The address a host on side `n` (1: client, 2: gateway) has.
+/// Starts a userspace gateway in `ns` advertising `ip`, its key in
+/// `state_dir`; returns once it has its tunnel addresses.
+fn start_gateway(
+    ns: &Netns,
+    ip: IpAddr,
+    state_dir: &Path,
+    portal: &Portal,
+    site_token: &str,
+) -> Result<Proc> {
+    let mut cmd = ns.command(
+        binaries::gateway_bin()?.to_str().context("gateway path")?,
+        [
+            "--portal-url",
+            &portal.url(),
+            "--backend",
+            "userspace",
+            "--interface",
+            "kh-gw",
+            "--advertise",
+            &ip.to_string(),
+            "--state-dir",
+            state_dir.to_str().context("state dir")?,
+        ],
+    );
+    cmd.env("KEYHOLE_TOKEN", site_token);
+    let gateway = ns.spawn_command(cmd)?;
+    gateway
+        .wait_for_output("tunnel addresses set", Duration::from_secs(20))
+        .with_context(|| format!("gateway:\n{}", gateway.output_so_far()))?;
+    Ok(gateway)
+}
+
+/// The address a host on side `n` (1: client, 2: gateway, 3: second
+/// gateway) has.
 fn host_ip(edge: Edge, n: u8) -> IpAddr {
     match edge {
         Edge::Public => format!("198.18.{}.2", n + 2),
@@ -351,11 +393,31 @@ fn build_network(config: &ScenarioConfig) -> Result<Hosts> {
         "eth0",
         "10.20.0.10/24",
     )?;
+    let (gateway2, gateway2_router) = match config.second_gateway {
+        Some(edge) => {
+            let ns = Netns::new("gateway2")?;
+            let router = attach(&internet, &ns, 3, edge)?;
+            veth(
+                &ns,
+                "eth1",
+                "10.21.0.1/24",
+                &resource,
+                "eth1",
+                "10.21.0.10/24",
+            )?;
+            // The resource's address lives on its other link.
+            ns.add_route(&format!("{RESOURCE_IP}/32"), "10.21.0.10")?;
+            (Some(ns), router)
+        }
+        None => (None, None),
+    };
     Ok(Hosts {
         client,
         client_router,
         gateway,
         gateway_router,
+        gateway2,
+        gateway2_router,
         resource,
         portal,
         relay,
