@@ -24,7 +24,8 @@ use keyhole_proto::messages::{
 };
 use keyhole_proto::{
     ClientId, Decoded, Envelope, FlowId, GatewayId, IceCredentials, PresharedKey, PublicKey,
-    RequestId, Resource, ResourceId, SiteId, TunnelAddresses, decode,
+    RelayId, RelayInfo, RequestId, Resource, ResourceId, SiteId, TunnelAddresses, TurnCredentials,
+    TurnSecret, decode, turn_password,
 };
 use tokio_tungstenite::tungstenite::{
     self, Message,
@@ -55,6 +56,12 @@ struct Args {
     /// A client candidate (SDP), repeatable.
     #[arg(long = "client-candidate")]
     client_candidates: Vec<String>,
+    /// A TURN relay (IPv4 `ip:port`) announced in `init`, with the shared
+    /// secret its REST credentials derive from.
+    #[arg(long, requires = "relay_secret")]
+    relay: Option<std::net::SocketAddrV4>,
+    #[arg(long)]
+    relay_secret: Option<String>,
 }
 
 fn creds(s: &str) -> Result<IceCredentials> {
@@ -103,6 +110,23 @@ fn main() -> Result<()> {
         ResourceId::from_u128(1),
         args.resource
     ))?;
+    let now: DateTime<Utc> = SystemTime::now().into();
+    let mut relays = Vec::new();
+    if let (Some(server), Some(secret)) = (args.relay, &args.relay_secret) {
+        let expires_at = now + chrono::TimeDelta::hours(1);
+        let username = format!("{}:gateway", expires_at.timestamp());
+        let secret = TurnSecret::try_from(secret.clone()).map_err(anyhow::Error::msg)?;
+        relays.push(RelayInfo {
+            id: RelayId::from_u128(9),
+            ipv4: Some(server),
+            ipv6: None,
+            credentials: TurnCredentials {
+                password: turn_password(&secret, &username),
+                username,
+                expires_at,
+            },
+        });
+    }
     let mut send = |env: Envelope<PortalToGateway>| -> Result<()> {
         ws.send(Message::text(env.encode()?))?;
         Ok(())
@@ -113,11 +137,10 @@ fn main() -> Result<()> {
         tunnel_addresses: TunnelAddresses::new("100.64.0.1".parse()?, "fd00::1".parse()?)
             .map_err(anyhow::Error::msg)?,
         resources: vec![resource.clone()],
-        relays: vec![],
+        relays,
     })))?;
     let client_id = ClientId::from_u128(5);
     let v4 = args.client_tunnel;
-    let now: DateTime<Utc> = SystemTime::now().into();
     send(Envelope::request(
         RequestId(1),
         PortalToGateway::AuthorizeFlow(AuthorizeFlow {

@@ -1,4 +1,4 @@
-//! Builds the VM's initramfs: busybox, iproute2's `ip` and `wg` with their
+//! Builds the VM's initramfs: busybox, iproute2's `ip`, `wg` and `nft` with their
 //! shared libraries (busybox's `ip` knows neither wireguard links nor
 //! netns), the WireGuard modules, an /init that loads them and runs the
 //! scenario script, and any extra files (static test binaries).
@@ -34,6 +34,11 @@ umask 077
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+# udev makes these on a full system; nft reads `-f -` through /dev/stdin.
+ln -sf /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
 mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 mkdir -p /run/netns
@@ -86,7 +91,12 @@ pub fn build(kernel: &Kernel, scenario: &str, extras: &[Extra], out: &Path) -> a
         fs::read(which("busybox")?).context("reading busybox")?,
         true,
     ));
-    for (name, dest) in [("ip", "/usr/sbin/ip"), ("wg", "/usr/bin/wg")] {
+    // nft: the gateway binary's NAT table goes through `nft -j -f -`.
+    for (name, dest) in [
+        ("ip", "/usr/sbin/ip"),
+        ("wg", "/usr/bin/wg"),
+        ("nft", "/usr/sbin/nft"),
+    ] {
         let bin = which(name)?;
         for lib in shared_libs(&bin)? {
             let data = fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;

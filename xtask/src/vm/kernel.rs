@@ -11,7 +11,10 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd::output;
 
-/// Modules WireGuard needs, in load order.
+/// Modules the scenarios need, in load order: WireGuard; then, for the
+/// gateway binary (`kernel-ice`), TUN and veth, the clsact qdisc and
+/// cls_bpf (6.1 has no TCX: TC programs attach as netlink filters), and
+/// nf_tables with NAT for the gateway's `keyhole_gw` table.
 pub const MODULES: &[&str] = &[
     "libchacha",
     "chacha-x86_64",
@@ -22,6 +25,21 @@ pub const MODULES: &[&str] = &[
     "udp_tunnel",
     "ip6_udp_tunnel",
     "wireguard",
+    "tun",
+    "veth",
+    "sch_ingress",
+    "cls_bpf",
+    "crc32c_generic",
+    "libcrc32c",
+    "nfnetlink",
+    "nf_defrag_ipv4",
+    "nf_defrag_ipv6",
+    "nf_conntrack",
+    "nf_nat",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_masq",
+    "nft_nat",
 ];
 
 pub struct Kernel {

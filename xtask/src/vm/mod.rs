@@ -39,7 +39,10 @@ pub fn run_scenarios(only: Option<&str>, timeout: Duration) -> anyhow::Result<()
         .context("no cache dir")?
         .join("vm");
     let kernel = kernel::fetch(&cache)?;
-    let work = workspace_root().join("target/vm");
+    let work = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("vm");
     std::fs::create_dir_all(&work)?;
     let mut failed = Vec::new();
     for s in scenarios::ALL

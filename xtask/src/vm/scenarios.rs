@@ -18,37 +18,72 @@ fn none() -> anyhow::Result<Vec<Extra>> {
     Ok(Vec::new())
 }
 
-/// Builds a gateway example as a static binary for the VM, in its own
-/// target dir so it does not invalidate the host build's artefacts.
-fn static_gateway_example(name: &str) -> anyhow::Result<Extra> {
-    let target_dir = workspace_root().join("target/vm-bin");
+/// Where the VM's static binaries are built: their own target dir (below
+/// `CARGO_TARGET_DIR` when set) so they do not invalidate the host build.
+fn vm_target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("vm-bin")
+}
+
+/// A binary (`bin`) or an example of a package, built static for the VM
+/// and placed at `/usr/bin/<name>`.
+fn static_binary(
+    package: &str,
+    features: &[&str],
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<Extra> {
+    let target_dir = vm_target_dir();
     let triple = "x86_64-unknown-linux-gnu";
     let mut c: Command = cargo();
-    c.args([
-        "build",
-        "--release",
-        "-p",
-        "keyhole-gateway",
-        "--example",
-        name,
-    ])
-    .args(["--target", triple])
-    .arg("--target-dir")
-    .arg(&target_dir)
-    .env_remove("RUSTFLAGS")
-    .env_remove("CARGO_ENCODED_RUSTFLAGS")
-    // Only for the target: build scripts (the eBPF build) stay dynamic.
-    .env(
-        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-        "-C target-feature=+crt-static -C strip=symbols",
-    );
+    c.args(["build", "--release", "-p", package])
+        .arg(format!("--{kind}"))
+        .arg(name)
+        .args(["--target", triple])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        // Only for the target: build scripts (the eBPF build) stay dynamic.
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static -C strip=symbols",
+        );
+    if !features.is_empty() {
+        c.arg("--features").arg(features.join(","));
+    }
     run(&mut c)?;
-    let bin = target_dir.join(triple).join("release/examples").join(name);
+    let dir = target_dir.join(triple).join("release");
+    let bin = match kind {
+        "example" => dir.join("examples").join(name),
+        _ => dir.join(name),
+    };
     Ok(Extra {
         path: format!("/usr/bin/{name}"),
         data: std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?,
         executable: true,
     })
+}
+
+/// Builds a gateway example as a static binary for the VM.
+fn static_gateway_example(name: &str) -> anyhow::Result<Extra> {
+    static_binary("keyhole-gateway", &[], "example", name)
+}
+
+fn kernel_ice_relayed_binaries() -> anyhow::Result<Vec<Extra>> {
+    let mut extras = kernel_ice_binaries()?;
+    extras.push(static_binary("keyhole-relay", &[], "bin", "keyhole-relay")?);
+    Ok(extras)
+}
+
+fn kernel_ice_binaries() -> anyhow::Result<Vec<Extra>> {
+    Ok(vec![
+        static_binary("keyhole-gateway", &[], "bin", "keyhole-gateway")?,
+        static_gateway_example("vm_portal")?,
+        static_binary("keyhole-tunnel", &["io"], "example", "keyhole-tunnel-peer")?,
+    ])
 }
 
 fn wg_kernel_check() -> anyhow::Result<Vec<Extra>> {
@@ -188,6 +223,184 @@ grep '_ms=' /tmp/out
 echo "check: teardown removed wg0"
 "#;
 
+/// The real `keyhole-gateway` binary with `--backend kernel` doing ICE
+/// through STUN steering: the VM's root namespace is the gateway host
+/// (uplink eth0 10.10.0.2, resources on eth1), a scripted portal
+/// (`vm_portal`) authorises one client, and the client is a real
+/// keyhole-tunnel-peer (ICE + WireGuard in userspace) in netns `c`. Checks:
+/// ping through the tunnel and NAT to the resource (it has no route back),
+/// `wg show` holds exactly the peer the flow describes with the endpoint
+/// ICE selected (set by the gateway, logged), the steering counters moved
+/// (STUN steered in, replies rewritten out, no errors), and SIGTERM
+/// removes wg0.
+const KERNEL_ICE: &str = r#"
+fail() {
+  echo "FAIL: $*"
+  for f in /tmp/gw.log /tmp/portal.out /tmp/peer.out; do echo "--- $f"; cat $f; done
+  exit 1
+}
+# waitfor FILE PATTERN: up to 30 s (the file may not exist yet).
+waitfor() {
+  i=0
+  until grep -q "$2" "$1" 2>/dev/null; do
+    i=$((i+1)); [ $i -le 300 ] || fail "no '$2' in $1"
+    sleep 0.1
+  done
+}
+ip netns add c
+ip netns add r
+ip link add eth0 type veth peer name eth0 netns c
+ip link add eth1 type veth peer name eth0 netns r
+ip addr add 10.10.0.2/24 dev eth0
+ip link set eth0 up
+ip addr add 10.20.0.1/24 dev eth1
+ip link set eth1 up
+ip -n c link set lo up
+ip -n c addr add 10.10.0.1/24 dev eth0
+ip -n c link set eth0 up
+ip -n r link set lo up
+ip -n r addr add 10.20.0.10/24 dev eth0
+ip -n r link set eth0 up
+
+mkdir -m 700 /tmp/state
+wg genkey > /tmp/state/private.key
+GP=$(wg pubkey < /tmp/state/private.key)
+wg genkey > /tmp/ck; CP=$(wg pubkey < /tmp/ck)
+PSK=$(wg genpsk)
+CICE=cliufrag:clientpasswordclientpassword
+GICE=gwufragg:gatewaypasswordgatewaypassword
+CCAND="candidate:1 1 udp 2130706431 10.10.0.1 51820 typ host"
+GCAND="candidate:1 1 udp 2130706431 10.10.0.2 51820 typ host"
+
+vm_portal --listen 127.0.0.1:8080 --token vm-token --client-public-key "$CP" --psk "$PSK"   --client-ice $CICE --gateway-ice $GICE --client-tunnel 100.64.0.5 --resource 10.20.0.10   --client-candidate "$CCAND" > /tmp/portal.out 2>&1 &
+NO_COLOR=1 KEYHOLE_TOKEN=vm-token keyhole-gateway --portal-url http://127.0.0.1:8080   --backend kernel --interface wg0 --listen-port 51820 --advertise 10.10.0.2   --state-dir /tmp/state --heartbeat-secs 5 > /tmp/gw.log 2>&1 &
+GW=$!
+waitfor /tmp/portal.out 'connected backend=kernel'
+waitfor /tmp/portal.out '^flow_authorized'
+waitfor /tmp/portal.out "gateway_candidate .*10.10.0.2 51820 typ host"
+echo "check: kernel backend up, flow authorised, host candidate on the WireGuard port"
+
+ip netns exec c keyhole-tunnel-peer --private-key "$(cat /tmp/ck)" --peer-public-key "$GP"   --psk "$PSK" --listen 10.10.0.1:51820 --tun kh0 --tun-addr 100.64.0.5/32   --route 10.20.0.10/32 --role initiator --ice-local $CICE --ice-remote $GICE   --remote-candidate "$GCAND" > /tmp/peer.out 2>&1 &
+waitfor /tmp/peer.out 'ConnectionUp'
+ip netns exec c ping -c 3 -W 5 10.20.0.10 || fail "ping through the kernel backend"
+echo "check: ping from the userspace peer through kernel WireGuard and NAT"
+
+grep -q 'kernel peer endpoint set.*endpoint=10.10.0.1:51820' /tmp/gw.log   || fail "the gateway did not set the ICE-selected endpoint"
+wg show wg0 dump | tail -n +2 | cut -f 1-4 > /tmp/peers
+printf '%s	%s	10.10.0.1:51820	100.64.0.5/32,fd00::5/128
+' "$CP" "$PSK" > /tmp/want
+cmp /tmp/peers /tmp/want || { cat /tmp/peers; fail "wg show differs from the flow"; }
+wg show wg0 latest-handshakes | grep -qv '	0$' || fail "no handshake"
+echo "check: wg show = flow's key, PSK, allowed IPs; endpoint = ICE candidate"
+
+grep 'STUN steering counters' /tmp/gw.log | tail -1 > /tmp/counters
+grep -q 'ingress_stun: [1-9]' /tmp/counters || fail "no STUN steered: $(cat /tmp/counters)"
+grep -q 'egress_rewritten: [1-9]' /tmp/counters || fail "no reply rewritten: $(cat /tmp/counters)"
+grep -q 'errors: 0' /tmp/counters || fail "steering errors: $(cat /tmp/counters)"
+cat /tmp/counters
+echo "check: steering counters moved"
+
+kill $GW
+i=0
+while ip link show wg0 > /dev/null 2>&1; do
+  i=$((i+1)); [ $i -le 100 ] || fail "wg0 survived SIGTERM"
+  sleep 0.1
+done
+echo "check: SIGTERM removed wg0"
+"#;
+
+/// As `kernel-ice`, but the client cannot reach the gateway directly (its
+/// UDP to 10.10.0.2:51820 is dropped) and uses no relay itself: the only
+/// working pair is the client's host candidate with the gateway's relayed
+/// one (keyhole-relay in netns `t`, announced by the portal). The kernel
+/// peer's endpoint must be the gateway's local proxy on 127.0.0.1, and
+/// ChannelData must have been steered to the ICE socket.
+const KERNEL_ICE_RELAYED: &str = r#"
+fail() {
+  echo "FAIL: $*"
+  for f in /tmp/gw.log /tmp/portal.out /tmp/peer.out /tmp/relay.log; do echo "--- $f"; cat $f; done
+  exit 1
+}
+waitfor() {
+  i=0
+  until grep -q "$2" "$1" 2>/dev/null; do
+    i=$((i+1)); [ $i -le 300 ] || fail "no '$2' in $1"
+    sleep 0.1
+  done
+}
+ip netns add c
+ip netns add r
+ip netns add t
+ip link add eth0 type veth peer name eth0 netns c
+ip link add eth1 type veth peer name eth0 netns r
+ip link add eth2 type veth peer name eth0 netns t
+ip addr add 10.10.0.2/24 dev eth0
+ip link set eth0 up
+ip addr add 10.20.0.1/24 dev eth1
+ip link set eth1 up
+ip addr add 10.30.0.1/24 dev eth2
+ip link set eth2 up
+for n in c r t; do ip -n $n link set lo up; done
+ip -n c addr add 10.10.0.1/24 dev eth0
+ip -n c link set eth0 up
+ip -n c route add default via 10.10.0.2
+ip -n r addr add 10.20.0.10/24 dev eth0
+ip -n r link set eth0 up
+ip -n t addr add 10.30.0.2/24 dev eth0
+ip -n t link set eth0 up
+ip -n t route add default via 10.30.0.1
+# No direct path: the client's UDP to the gateway's port is dropped.
+printf 'table inet blk {\n chain out {\n type filter hook output priority 0;\n ip daddr 10.10.0.2 udp dport 51820 counter drop\n }\n}\n' \
+  | ip netns exec c nft -f - || fail "nft in c"
+
+ip netns exec t keyhole-relay --listen 10.30.0.2:3478 --static-auth-secret vm-relay-secret-0123456789 \
+  --no-tcp --min-port 50000 --max-port 50100 > /tmp/relay.log 2>&1 &
+
+mkdir -m 700 /tmp/state
+wg genkey > /tmp/state/private.key
+GP=$(wg pubkey < /tmp/state/private.key)
+wg genkey > /tmp/ck; CP=$(wg pubkey < /tmp/ck)
+PSK=$(wg genpsk)
+CICE=cliufrag:clientpasswordclientpassword
+GICE=gwufragg:gatewaypasswordgatewaypassword
+CCAND="candidate:1 1 udp 2130706431 10.10.0.1 51820 typ host"
+
+vm_portal --listen 127.0.0.1:8080 --token vm-token --client-public-key "$CP" --psk "$PSK" \
+  --client-ice $CICE --gateway-ice $GICE --client-tunnel 100.64.0.5 --resource 10.20.0.10 \
+  --client-candidate "$CCAND" --relay 10.30.0.2:3478 --relay-secret vm-relay-secret-0123456789 \
+  > /tmp/portal.out 2>&1 &
+NO_COLOR=1 KEYHOLE_TOKEN=vm-token keyhole-gateway --portal-url http://127.0.0.1:8080 \
+  --backend kernel --interface wg0 --listen-port 51820 --advertise 10.10.0.2 \
+  --uplink eth0,eth2 --state-dir /tmp/state --heartbeat-secs 5 > /tmp/gw.log 2>&1 &
+GW=$!
+waitfor /tmp/portal.out '^flow_authorized'
+waitfor /tmp/portal.out 'gateway_candidate .*10.30.0.2 .* typ relay'
+RCAND=$(grep 'gateway_candidate .* typ relay' /tmp/portal.out | head -1 | sed 's/^gateway_candidate //')
+echo "check: the gateway allocated from the WireGuard port: $RCAND"
+
+ip netns exec c keyhole-tunnel-peer --private-key "$(cat /tmp/ck)" --peer-public-key "$GP" \
+  --psk "$PSK" --listen 10.10.0.1:51820 --tun kh0 --tun-addr 100.64.0.5/32 \
+  --route 10.20.0.10/32 --role initiator --ice-local $CICE --ice-remote $GICE \
+  --remote-candidate "$RCAND" > /tmp/peer.out 2>&1 &
+waitfor /tmp/peer.out 'ConnectionUp'
+ip netns exec c ping -c 3 -W 5 10.20.0.10 || fail "ping over the relayed path"
+echo "check: ping from the userspace peer through the relay, the proxy and kernel WireGuard"
+
+grep -q 'relayed path: kernel peer goes through a local proxy' /tmp/gw.log || fail "no proxy"
+PROXY=$(wg show wg0 endpoints | cut -f 2)
+case "$PROXY" in 127.0.0.1:*) ;; *) fail "endpoint $PROXY is not the local proxy";; esac
+grep -q "kernel peer endpoint set.*endpoint=$PROXY" /tmp/gw.log || fail "endpoint not set by ICE"
+wg show wg0 latest-handshakes | grep -qv '	0$' || fail "no handshake"
+echo "check: wg show endpoint = the local proxy $PROXY"
+grep 'STUN steering counters' /tmp/gw.log | tail -1 > /tmp/counters
+grep -q 'ingress_channel_data: [1-9]' /tmp/counters || fail "no ChannelData steered: $(cat /tmp/counters)"
+grep -q 'errors: 0' /tmp/counters || fail "steering errors: $(cat /tmp/counters)"
+cat /tmp/counters
+ip netns exec c nft list ruleset | grep -q 'counter packets [1-9]' || fail "the direct path was never tried"
+echo "check: ChannelData steered; direct checks were dropped"
+kill $GW
+"#;
+
 pub const ALL: &[Scenario] = &[
     Scenario {
         name: "kernel-wg-smoke",
@@ -198,5 +411,15 @@ pub const ALL: &[Scenario] = &[
         name: "kernel-wg-backend",
         script: KERNEL_WG_BACKEND,
         extras: wg_kernel_check,
+    },
+    Scenario {
+        name: "kernel-ice",
+        script: KERNEL_ICE,
+        extras: kernel_ice_binaries,
+    },
+    Scenario {
+        name: "kernel-ice-relayed",
+        script: KERNEL_ICE_RELAYED,
+        extras: kernel_ice_relayed_binaries,
     },
 ];
