@@ -61,7 +61,9 @@ pub async fn connect(addr: SocketAddr, path_and_query: &str, token: &str) -> Res
         .unwrap();
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    match tokio_tungstenite::connect_async(req).await {
+    // No Nagle: like the portal, peers send small frames and flush
+    // batches themselves.
+    match tokio_tungstenite::connect_async_with_config(req, None, true).await {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
         Err(e) => panic!("connect: {e}"),
