@@ -119,13 +119,10 @@ impl<K: ConnectionId> Node<K> {
 
     pub fn connection(&self, id: &K) -> Option<ConnectionInfo> {
         let c = self.connections.get(id)?;
-        let (since_handshake, tx, rx) = c
-            .tunn
-            .as_ref()
-            .map_or((None, 0, 0), |t| {
-                let (since, tx, rx, _, _) = t.stats();
-                (since, tx, rx)
-            });
+        let (since_handshake, tx, rx) = c.tunn.as_ref().map_or((None, 0, 0), |t| {
+            let (since, tx, rx, _, _) = t.stats();
+            (since, tx, rx)
+        });
         Some(ConnectionInfo {
             up: c.is_up(),
             path: c.path,
