@@ -74,12 +74,26 @@ pub struct Portal {
     /// Set on the first start only: the secrets to show once.
     pub first_start: Option<FirstStart>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    flow_log_writer: tokio::task::JoinHandle<()>,
 }
+
+/// How long a graceful shutdown waits for the flow log's last entries.
+const FLOW_LOG_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Portal {
     /// Serve until `shutdown` resolves.
+    /// Then close the control connections (they outlive the HTTP server)
+    /// and write the flow log's queued entries.
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.server.await??;
+        let served = self.server.await;
+        self.hub.shutdown();
+        if tokio::time::timeout(FLOW_LOG_FLUSH_TIMEOUT, self.flow_log_writer)
+            .await
+            .is_err()
+        {
+            tracing::error!("the flow log was not written within 30 s of shutdown");
+        }
+        served??;
         Ok(())
     }
 
@@ -170,6 +184,7 @@ pub async fn start(
         metrics,
         first_start,
         server,
+        flow_log_writer: control.flow_log_writer,
     })
 }
 

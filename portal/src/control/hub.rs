@@ -26,6 +26,9 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 1013;
 /// Close code for a peer that stopped answering pings.
 pub const CLOSE_PING_TIMEOUT: u16 = 4002;
 
+/// Close code when the portal shuts down (RFC 6455 "Going Away").
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
 /// Shared by a connection's reader and writer: asks the writer to close the
 /// socket now, ahead of queued frames, and tells it when the reader last
 /// heard from the peer (for the ping timeout).
@@ -81,13 +84,14 @@ struct ConnHandle {
 struct Inner {
     core: ControlCore,
     conns: HashMap<ConnId, ConnHandle>,
+    /// To the flow-log writer; `None` once [`Hub::shutdown`] closed it.
+    flow_log: Option<mpsc::Sender<FlowLogEntry>>,
 }
 
 pub struct Hub {
     inner: Mutex<Inner>,
     next_conn: AtomicU64,
     metrics: Arc<Metrics>,
-    flow_log: mpsc::Sender<FlowLogEntry>,
 }
 
 /// What a connection task gets when it registers.
@@ -107,10 +111,10 @@ impl Hub {
             inner: Mutex::new(Inner {
                 core,
                 conns: HashMap::new(),
+                flow_log: Some(flow_log),
             }),
             next_conn: AtomicU64::new(1),
             metrics,
-            flow_log,
         }
     }
 
@@ -139,6 +143,30 @@ impl Hub {
         self.inner.lock().conns.remove(&conn);
     }
 
+    /// Shutting down: close every connection and the flow-log queue, so
+    /// the writer drains what is queued and ends. From here on
+    /// [`Self::with_core_open`] runs nothing, so no decision is made that
+    /// the flow log would miss.
+    pub fn shutdown(&self) {
+        let mut inner = self.inner.lock();
+        inner.flow_log = None;
+        for handle in inner.conns.values() {
+            handle.kill.kill(CLOSE_GOING_AWAY);
+        }
+    }
+
+    /// [`Self::with_core`] unless the hub is shut down (`None` then): for
+    /// peer input that may lead to decisions.
+    pub fn with_core_open<R>(
+        &self,
+        f: impl FnOnce(&mut ControlCore, DateTime<Utc>) -> R,
+    ) -> Option<R> {
+        let now = Utc::now();
+        let mut guard = self.inner.lock();
+        guard.flow_log.as_ref()?;
+        Some(self.run_locked(&mut guard, now, f))
+    }
+
     /// Run `f` on the core with the current time, then route its output.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut ControlCore, DateTime<Utc>) -> R) -> R {
         self.with_core_at(Utc::now(), f)
@@ -150,7 +178,15 @@ impl Hub {
         f: impl FnOnce(&mut ControlCore, DateTime<Utc>) -> R,
     ) -> R {
         let mut guard = self.inner.lock();
-        let inner = &mut *guard;
+        self.run_locked(&mut guard, now, f)
+    }
+
+    fn run_locked<R>(
+        &self,
+        inner: &mut Inner,
+        now: DateTime<Utc>,
+        f: impl FnOnce(&mut ControlCore, DateTime<Utc>) -> R,
+    ) -> R {
         let r = f(&mut inner.core, now);
         while let Some(t) = inner.core.poll_transmit() {
             let Some(handle) = inner.conns.get(&t.conn) else {
@@ -170,7 +206,11 @@ impl Hub {
             }
         }
         for entry in inner.core.take_flow_log() {
-            if self.flow_log.try_send(entry).is_err() {
+            let sent = match &inner.flow_log {
+                Some(tx) => tx.try_send(entry).is_ok(),
+                None => false,
+            };
+            if !sent {
                 Metrics::inc(&self.metrics.flow_log_dropped);
             }
         }

@@ -29,6 +29,8 @@ const FLOW_LOG_QUEUE: usize = 200_000;
 /// The running control plane.
 pub struct Control {
     pub hub: Arc<Hub>,
+    /// Ends once [`Hub::shutdown`] closed the queue and the rest is written.
+    pub flow_log_writer: tokio::task::JoinHandle<()>,
     /// The WebSocket routes, relative to `/api/v1`.
     pub router: Router<AppState>,
 }
@@ -54,12 +56,16 @@ pub async fn start(
     let hub = Arc::new(Hub::new(core, metrics.clone(), log_tx));
     tasks::spawn_change_listener(app.clone(), hub.clone(), changes);
     tasks::spawn_timer(hub.clone());
-    tasks::spawn_flow_log_writer(app.store.clone(), log_rx, metrics);
+    let flow_log_writer = tasks::spawn_flow_log_writer(app.store.clone(), log_rx, metrics);
     let router = ws::router(ControlState {
         app,
         hub: hub.clone(),
         relay_secret: relay_secret.map(Arc::from),
         liveness,
     });
-    Ok(Control { hub, router })
+    Ok(Control {
+        hub,
+        flow_log_writer,
+        router,
+    })
 }

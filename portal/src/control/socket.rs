@@ -136,6 +136,7 @@ fn close_reason(code: u16) -> &'static str {
         keyhole_proto::CLOSE_PROTOCOL_ERROR => "protocol error",
         super::hub::CLOSE_SLOW_CONSUMER => "send queue full",
         super::hub::CLOSE_PING_TIMEOUT => "no answer to pings",
+        super::hub::CLOSE_GOING_AWAY => "portal shutting down",
         _ => "",
     }
 }

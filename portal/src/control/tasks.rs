@@ -90,7 +90,7 @@ pub fn spawn_timer(hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            hub.with_core(|core, now| {
+            hub.with_core_open(|core, now| {
                 if core.poll_timeout().is_some_and(|t| t <= now) {
                     core.handle_timeout(now);
                 }
@@ -99,7 +99,9 @@ pub fn spawn_timer(hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Write flow-log entries in batches, off the authorisation path.
+/// Write flow-log entries in batches, off the authorisation path. Ends
+/// once the queue is closed ([`Hub::shutdown`]) and everything queued is
+/// written.
 pub fn spawn_flow_log_writer(
     store: Store,
     mut rx: mpsc::Receiver<FlowLogEntry>,

@@ -173,7 +173,7 @@ async fn serve_gateway(socket: WebSocket, state: ControlState, hello: GatewayHel
         match decode::<GatewayToPortal>(&frame) {
             Ok(Decoded::Known(env)) => {
                 let heartbeat = matches!(env.message, GatewayToPortal::Heartbeat(_));
-                hub.with_core(|core, now| core.gateway_message(now, conn, env));
+                hub.with_core_open(|core, now| core.gateway_message(now, conn, env));
                 if heartbeat && last_presence.elapsed() >= PRESENCE_WRITE_INTERVAL {
                     last_presence = tokio::time::Instant::now();
                     let store = state.app.store.clone();
@@ -299,7 +299,7 @@ async fn serve_client(socket: WebSocket, state: ControlState, hello: ClientHello
     while let Some(frame) = reader.next_frame().await {
         match decode::<ClientToPortal>(&frame) {
             Ok(Decoded::Known(env)) => {
-                hub.with_core(|core, now| core.client_message(now, conn, env))
+                hub.with_core_open(|core, now| core.client_message(now, conn, env));
             }
             other => handle_undecoded(hub, conn, &reader, other),
         }
