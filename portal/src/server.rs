@@ -11,6 +11,7 @@ use axum::{
     http::{StatusCode, header},
     response::IntoResponse,
     routing::get,
+    serve::ListenerExt as _,
 };
 use chrono::Utc;
 use tokio::net::TcpListener;
@@ -168,6 +169,13 @@ pub async fn start(
         ..cfg.device.clone()
     });
     let router = routes(app.clone(), api, control.router, web, metrics.clone());
+    // Control frames are small and written in batches with one flush:
+    // Nagle's algorithm would only hold them back waiting for ACKs.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY");
+        }
+    });
     let server = tokio::spawn(async move {
         axum::serve(
             listener,
