@@ -256,13 +256,13 @@ impl ControlCore {
             .insert(flow_id);
         self.flows.insert(
             flow_id,
-            Flow {
+            Box::new(Flow {
                 ctx,
                 gateway,
                 expires_at,
                 pending: Some(Box::new(pending)),
                 grant: None,
-            },
+            }),
         );
     }
 
@@ -462,7 +462,7 @@ impl ControlCore {
 
     /// Forget a flow and unindex it.
     pub(super) fn remove_flow(&mut self, flow_id: FlowId) -> Option<Flow> {
-        let flow = self.flows.remove(&flow_id)?;
+        let flow = *self.flows.remove(&flow_id)?;
         match &flow.pending {
             Some(p) => {
                 self.deadlines.remove(&(p.deadline, flow_id));

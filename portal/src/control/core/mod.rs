@@ -11,6 +11,7 @@
 //! touches the database, so a flow authorisation costs a few hash lookups.
 
 mod changes;
+mod flow_ids;
 mod flows;
 mod relays;
 mod sessions;
@@ -39,6 +40,7 @@ use crate::{
     store::FlowLogEntry,
 };
 
+use flow_ids::{FlowMap, FlowSet};
 pub use relays::{RelayHello, relay_addresses};
 pub use sessions::{ClientHello, GatewayHello};
 
@@ -165,13 +167,15 @@ pub struct ControlCore {
     gateways_by_site: HashMap<SiteId, HashSet<GatewayId>>,
     clients: HashMap<ClientId, ClientSession>,
     relays: HashMap<ConnId, relays::RelaySession>,
-    flows: HashMap<FlowId, Flow>,
+    /// Boxed: a resize of a map with many live flows moves pointers,
+    /// not whole flows, while the hub's lock is held.
+    flows: FlowMap<Box<Flow>>,
     /// Pending flows by gateway-confirmation deadline.
     deadlines: BTreeSet<(DateTime<Utc>, FlowId)>,
     /// Live flows by expiry.
     expiries: BTreeSet<(DateTime<Utc>, FlowId)>,
-    flows_by_client: HashMap<ClientId, HashSet<FlowId>>,
-    flows_by_gateway: HashMap<GatewayId, HashSet<FlowId>>,
+    flows_by_client: HashMap<ClientId, FlowSet>,
+    flows_by_gateway: HashMap<GatewayId, FlowSet>,
     /// Live flows per gateway (its load as the portal sees it).
     live_by_gateway: HashMap<GatewayId, u32>,
     /// Disconnected clients whose flows are revoked at this time unless
@@ -205,7 +209,7 @@ impl ControlCore {
             gateways_by_site: HashMap::new(),
             clients: HashMap::new(),
             relays: HashMap::new(),
-            flows: HashMap::new(),
+            flows: FlowMap::default(),
             deadlines: BTreeSet::new(),
             expiries: BTreeSet::new(),
             flows_by_client: HashMap::new(),
