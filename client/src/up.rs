@@ -166,8 +166,6 @@ pub async fn run(args: UpArgs) -> Result<()> {
 /// to a live one.
 pub fn clean_stale(runtime: &Path, tun: &str) -> Result<()> {
     let mut platform = Native;
-    // Rules of a full tunnel outlive the TUN; nothing else uses them.
-    platform.clear_full_tunnel()?;
     if let Some(r) = Record::read(runtime) {
         if r.pid != std::process::id() && ipc::alive(r.pid) {
             bail!("`keyhole up` is already running (pid {})", r.pid);
@@ -179,6 +177,8 @@ pub fn clean_stale(runtime: &Path, tun: &str) -> Result<()> {
         platform.remove_tun(&r.tun)?;
         Record::remove(runtime);
     }
+    // Rules of a full tunnel outlive the TUN; nothing else uses them.
+    platform.clear_full_tunnel()?;
     if platform.tun_exists(tun) {
         tracing::info!(%tun, "removing a leftover TUN");
         platform.remove_tun(tun)?;
