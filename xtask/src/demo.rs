@@ -1,265 +1,236 @@
-//! `cargo xtask demo`: runs what exists of the system on this machine and
-//! shows it working.
+//! `cargo xtask demo`: the whole system on this machine, shown working.
 //!
-//! Today: the portal on a fresh embedded SQLite store, configured through
-//! its REST API the way an admin script would (a group, a DNS resource with
-//! filters, a policy, a gateway token for the default site). It grows with
-//! the system: relay, gateway, client and a resource host in namespaces.
+//! Builds the binaries, then starts the end-to-end topology the netns tests
+//! use ([`Scenario`]): a portal on a fresh SQLite store, a relay, a gateway
+//! and a client, each in its own network namespace, with a resource host
+//! behind the gateway. The scenario configures the portal through its REST
+//! API (site token, resource, group with a service account, policy). The
+//! demo then serves HTTP on the resource host, curls it from the client's
+//! namespace through the tunnel, and forwards a host port to the portal so
+//! the admin UI opens in a browser on this machine. Ctrl-C (or `--once`)
+//! tears it all down: processes, namespaces, temp dirs; also on error or
+//! panic, since every part cleans up when dropped.
+
+mod background;
+mod forward;
+mod web;
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{SocketAddr, TcpListener},
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use serde_json::{Value, json};
+use keyhole_tests_netns::scenario::{
+    ADMIN_EMAIL, ADMIN_PASSWORD, PORTAL_ADDR, RELAY_METRICS, RESOURCE_IP, Scenario, ScenarioConfig,
+    client_command, sock,
+};
 
 use crate::cmd::{cargo, run, workspace_root};
+use background::Background;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Where the portal listens.
+    /// Host address forwarded to the portal (admin UI and API).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Start, check, print, then stop instead of waiting for Ctrl-C.
+    /// Start, check traffic, print, then tear down instead of waiting for
+    /// Ctrl-C (a smoke run for CI).
     #[arg(long)]
     pub once: bool,
 }
 
-const ADMIN_EMAIL: &str = "admin@keyhole.demo";
-const ADMIN_PASSWORD: &str = "keyhole-demo-password";
-
-/// Kills the child when dropped, so every exit path tears it down.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        // SIGTERM first for a graceful stop, then make sure.
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A tiny HTTP/1.1 client: enough for the demo, no dependency.
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    if !body.is_empty() {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(&body);
-    s.write_all(req.as_bytes())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let status = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("malformed HTTP response")?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, body.to_owned()))
-}
-
-/// Calls the REST API and returns the JSON body, failing on non-2xx.
-fn api(
-    addr: SocketAddr,
-    token: &str,
-    method: &str,
-    path: &str,
-    body: Value,
-) -> anyhow::Result<Value> {
-    let body = (method != "GET").then_some(&body);
-    let (status, text) = http(addr, method, &format!("/api/v1{path}"), Some(token), body)?;
-    if !(200..300).contains(&status) {
-        bail!("{method} {path}: HTTP {status}: {text}");
-    }
-    if text.trim().is_empty() {
-        return Ok(Value::Null);
-    }
-    serde_json::from_str(&text).with_context(|| format!("{method} {path}: not JSON: {text}"))
-}
-
-fn id(v: &Value) -> anyhow::Result<String> {
-    v["id"]
-        .as_str()
-        .map(str::to_owned)
-        .context("response has no id")
-}
+/// The binaries the scenario runs, by package.
+const BINARIES: [(&str, &str, &str); 4] = [
+    ("keyhole-portal", "keyhole-portal", "KEYHOLE_PORTAL_BIN"),
+    ("keyhole-relay", "keyhole-relay", "KEYHOLE_RELAY_BIN"),
+    ("keyhole-gateway", "keyhole-gateway", "KEYHOLE_GATEWAY_BIN"),
+    ("keyhole-client", "keyhole", "KEYHOLE_CLIENT_BIN"),
+];
 
 pub fn run_cmd(args: DemoArgs) -> anyhow::Result<()> {
+    // Before anything exists: a Ctrl-C during start-up then lets the
+    // start finish and tears down instead of killing us mid-way.
+    on_ctrl_c();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the demo creates network namespaces: run it as root");
+    }
     crate::setup::run()?;
-    run(cargo().args(["build", "--quiet", "-p", "keyhole-portal"]))?;
+    build()?;
+    // Bound before anything starts, so a taken port fails fast.
+    let listener = forward::bind(args.listen)?;
 
-    let root = workspace_root();
-    // A fresh store each run: the first start creates the admin and prints
-    // the one-time API token the demo uses.
-    let data_dir = root.join("target/demo-data");
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let mut child = Command::new(target_dir.join("debug/keyhole-portal"))
-        .arg("--listen")
-        .arg(args.listen.to_string())
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .env("KEYHOLE_ADMIN_EMAIL", ADMIN_EMAIL)
-        .env("KEYHOLE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting keyhole-portal")?;
-    let stdout = child.stdout.take().context("portal stdout")?;
-    let _portal = Guard(child);
-
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
+    println!("starting portal, relay, gateway, client and resource host in namespaces…");
+    let started = Instant::now();
+    let mut scenario = Scenario::start(ScenarioConfig::default()).context("starting the system")?;
+    println!(
+        "up in {:.1} s (client routed the resource {:.1} s after `keyhole up`)",
+        started.elapsed().as_secs_f64(),
+        scenario.client_ready.as_secs_f64()
+    );
+    // Declared after the scenario, so its threads stop before the
+    // namespaces they use are deleted.
+    let mut bg = Background::default();
+    let web = scenario
+        .hosts
+        .resource
+        .enter(|| TcpListener::bind((RESOURCE_IP, 80)))
+        .context("binding the resource host's web server")?;
+    bg.spawn("demo-web", |stop| {
+        web::serve(web, RESOURCE_IP.to_owned(), stop)
     });
-    let mut token = None;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .context("portal exited or did not start in 30 s")?;
-        if let Some(t) = line.split("admin API token").nth(1) {
-            token = t.rsplit(' ').next().map(str::to_owned);
-        } else {
-            println!("portal | {line}");
-        }
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    let token = token.context("the portal printed no admin API token")?;
-    let addr = args.listen;
-    match http(addr, "GET", "/healthz", None, None)? {
-        (200, _) => {}
-        (s, b) => bail!("portal unhealthy: HTTP {s}: {b}"),
-    }
+    let portal_ns = scenario.hosts.portal.path();
+    bg.spawn("demo-forward", move |stop| {
+        forward::run(listener, &portal_ns, sock(PORTAL_ADDR), stop)
+    });
 
-    // Configure it the way an admin script would.
-    let me = api(addr, &token, "GET", "/me", json!({}))?;
-    let sites = api(addr, &token, "GET", "/sites", json!({}))?;
-    let site = sites["items"].get(0).context("no default site")?.clone();
-    let site_id = id(&site)?;
-    let group = api(
-        addr,
-        &token,
-        "POST",
-        "/groups",
-        json!({"name": "engineering"}),
-    )?;
-    let group_id = id(&group)?;
-    api(
-        addr,
-        &token,
-        "POST",
-        &format!("/groups/{group_id}/members"),
-        json!({"kind": "user", "id": id(&me)?}),
-    )?;
-    let resource = api(
-        addr,
-        &token,
-        "POST",
-        "/resources",
-        json!({
-            "name": "wiki",
-            "address": {"kind": "dns", "pattern": "**.wiki.corp"},
-            "filters": [{"protocol": "tcp", "ports": {"start": 80, "end": 443}}, {"protocol": "icmp"}],
-            "site_ids": [site_id],
-        }),
-    )?;
-    let resource_id = id(&resource)?;
-    api(
-        addr,
-        &token,
-        "POST",
-        "/policies",
-        json!({"group_id": group_id, "resource_id": resource_id,
-               "description": "engineering reaches the wiki"}),
-    )?;
-    let gw_token = api(
-        addr,
-        &token,
-        "POST",
-        &format!("/sites/{site_id}/tokens"),
-        json!({}),
-    )?;
-    let gw_secret = gw_token["token"].as_str().unwrap_or_default();
-    let (_, metrics) = http(addr, "GET", "/metrics", None, None)?;
-
-    println!();
-    println!("Keyhole demo is up.");
-    println!("  admin UI:       http://{addr}/");
-    println!("  admin sign-in:  {ADMIN_EMAIL} / {ADMIN_PASSWORD}");
-    println!("  admin API:      http://{addr}/api/v1 (token {token})");
-    println!("  OpenAPI:        http://{addr}/api/v1/openapi.json");
-    println!(
-        "  metrics:        http://{addr}/metrics ({} lines)",
-        metrics.lines().count()
-    );
-    println!("  data dir:       {}", data_dir.display());
-    println!();
-    println!("Created through the API: group `engineering` (with the admin), resource");
-    println!(
-        "`wiki` (**.wiki.corp, tcp 80-443 + icmp) in site `{}`, and a policy.",
-        site["name"].as_str().unwrap_or("?")
-    );
-    println!();
-    println!("Try:");
-    println!("  curl -H 'Authorization: Bearer {token}' http://{addr}/api/v1/resources");
-    println!("  curl -H 'Authorization: Bearer {token}' http://{addr}/api/v1/policies");
-    println!("  deploy a gateway for this site (Linux, root):");
-    println!("    KEYHOLE_TOKEN={gw_secret} keyhole-gateway --portal-url http://{addr}");
-    if args.once {
+    if STOP.load(Ordering::SeqCst) {
+        println!("interrupted during start-up: tearing down.");
         return Ok(());
     }
-    println!();
+    let result = show(&scenario, &args);
+    if result.is_err() {
+        eprintln!("{}", scenario.logs());
+    }
+    result?;
+    if args.once {
+        println!("--once: tearing down.");
+        return Ok(());
+    }
     println!("Press Ctrl-C to stop and tear everything down.");
-    on_ctrl_c();
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
+        if let Some(who) = exited(&mut scenario) {
+            // A terminal's Ctrl-C reaches the children too (same process
+            // group), maybe before our handler ran: not a failure then.
+            std::thread::sleep(Duration::from_millis(300));
+            if STOP.load(Ordering::SeqCst) {
+                break;
+            }
+            eprintln!("{who} exited:\n{}", scenario.logs());
+            bail!("{who} exited; tearing down");
+        }
     }
     println!("stopping…");
     Ok(())
+}
+
+/// Builds the four binaries and points the scenario at these builds (it
+/// would otherwise prefer a release build that may be stale).
+fn build() -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--quiet"]);
+    for (package, _, _) in BINARIES {
+        cmd.args(["-p", package]);
+    }
+    run(&mut cmd)?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    for (_, bin, var) in BINARIES {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: no other thread reads the environment at this point
+            // (setup and the build ran to completion in this thread).
+            unsafe { std::env::set_var(var, target_dir.join("debug").join(bin)) };
+        }
+    }
+    Ok(())
+}
+
+/// Checks traffic through the tunnel and prints where to look.
+fn show(s: &Scenario, args: &DemoArgs) -> anyhow::Result<()> {
+    let url = format!("http://{RESOURCE_IP}/");
+    let t = Instant::now();
+    let got = s
+        .hosts
+        .client
+        .run("curl", ["-sS", "--max-time", "10", &url])
+        .with_context(|| format!("curl {url} from the client's namespace"))?;
+    let took = t.elapsed();
+    if got != web::body(RESOURCE_IP) {
+        bail!("curl {url} through the tunnel answered {got:?}");
+    }
+    let health = forward::check(args.listen).context("the admin URL through the forward")?;
+    let status = client_command(&s.hosts.client, s.dir.path(), &["status"])?
+        .output()
+        .context("keyhole status")?;
+    let admin = format!("http://{}/", args.listen);
+    let client_ns = s.hosts.client.name();
+    let dir = s.dir.path();
+    let keyhole = std::env::var("KEYHOLE_CLIENT_BIN").unwrap_or_else(|_| "keyhole".into());
+    let token = &s.portal.admin_token;
+
+    println!();
+    println!("Traffic through the tunnel (client → gateway → resource host):");
+    println!(
+        "  $ ip netns exec {client_ns} curl {url}   ({} ms)",
+        took.as_millis()
+    );
+    print!("  {got}");
+    println!();
+    println!("Client state (`keyhole status`):");
+    for line in String::from_utf8_lossy(&status.stdout).lines() {
+        println!("  {line}");
+    }
+    println!();
+    println!("Keyhole demo is up.");
+    println!(
+        "  admin UI:      {admin}  (forwarded to the portal at {PORTAL_ADDR} in netns {}; /healthz: {health})",
+        s.hosts.portal.name()
+    );
+    println!("  admin sign-in: {ADMIN_EMAIL} / {ADMIN_PASSWORD}");
+    println!("  admin API:     {admin}api/v1  (bearer token {token})");
+    println!(
+        "  namespaces:    portal {}, relay {}, gateway {}, client {client_ns}, resource {}",
+        s.hosts.portal.name(),
+        s.hosts.relay.name(),
+        s.hosts.gateway.name(),
+        s.hosts.resource.name()
+    );
+    println!(
+        "  created through the API: resource `web` ({RESOURCE_IP}), group `eng` with service account `laptop`, a policy granting it"
+    );
+    println!();
+    println!("Try next (as root, in another terminal):");
+    println!("  ip netns exec {client_ns} curl {url}");
+    println!(
+        "  KEYHOLE_STATE_DIR={0}/client-state KEYHOLE_RUNTIME_DIR={0}/client-run ip netns exec {client_ns} {keyhole} status",
+        dir.display()
+    );
+    println!("  curl -H 'Authorization: Bearer {token}' {admin}api/v1/policies");
+    println!(
+        "  curl -X DELETE -H 'Authorization: Bearer {token}' {admin}api/v1/policies/{}   # then the curl above fails",
+        s.policy_id
+    );
+    println!(
+        "  ip netns exec {} curl -s http://{RELAY_METRICS}/metrics",
+        s.hosts.relay.name()
+    );
+    println!("  open {admin} in a browser and sign in");
+    println!();
+    Ok(())
+}
+
+/// The first part of the system found to have exited, if any.
+fn exited(s: &mut Scenario) -> Option<&'static str> {
+    let mut gone = |p: &mut keyhole_tests_netns::Proc| matches!(p.try_status(), Ok(Some(_)));
+    if gone(&mut s.portal.proc) {
+        return Some("the portal");
+    }
+    if s.relay.as_mut().is_some_and(&mut gone) {
+        return Some("the relay");
+    }
+    if gone(&mut s.gateway) {
+        return Some("the gateway");
+    }
+    if gone(&mut s.client) {
+        return Some("the client");
+    }
+    None
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -268,8 +239,8 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// Sets STOP when SIGINT or SIGTERM arrives (the children share our process
-/// group and see SIGINT too; the guard reaps them either way).
+/// Sets STOP when SIGINT or SIGTERM arrives. The children share our
+/// process group and may see SIGINT too; teardown reaps them either way.
 fn on_ctrl_c() {
     // SAFETY: the handler only stores to an atomic, which is signal-safe.
     unsafe {
