@@ -63,6 +63,11 @@ pub fn run_cmd(args: DemoArgs) -> anyhow::Result<()> {
     build()?;
     // Bound before anything starts, so a taken port fails fast.
     let listener = forward::bind(args.listen)?;
+    // The bound address: `--listen 127.0.0.1:0` picks a free port.
+    let args = DemoArgs {
+        listen: listener.local_addr()?,
+        ..args
+    };
 
     println!("starting portal, relay, gateway, client and resource host in namespaces…");
     let started = Instant::now();

@@ -22,25 +22,31 @@ use crate::cmd::{output, run as run_cmd};
 
 /// Debian packages the project needs, and why.
 const PACKAGES: &[&str] = &[
-    "iproute2",        // ip netns, veth, routes
-    "iputils-ping",    // real ICMP in netns tests
-    "nftables",        // NAT routers in tests, gateway NAT
-    "iperf3",          // throughput benchmarks
-    "netcat-openbsd",  // ad-hoc TCP/UDP in tests
-    "curl",            // HTTP through tunnels in e2e tests
-    "procps",          // pkill/ps in cleanup
-    "wireguard-tools", // `wg`: interop and kernel-backend checks
-    "wireguard-go",    // reference userspace WireGuard peer
-    "coturn",          // reference TURN server and turnutils_uclient
-    "bpftool",         // inspecting loaded programs and maps
-    "postgresql",      // the scale-out store
-    "kmod",            // depmod for the VM initramfs
-    "busybox-static",  // VM initramfs
-    "qemu-system-x86", // kernel-WireGuard VM tests
-    "chromium",        // headless browser for the portal web UI tests
-    "chromium-driver", // chromedriver, driven by fantoccini
-    "nodejs",          // runs the OIDC provider of the web UI tests
+    "iproute2",                   // ip netns, veth, routes
+    "iputils-ping",               // real ICMP in netns tests
+    "nftables",                   // NAT routers in tests, gateway NAT
+    "iperf3",                     // throughput benchmarks
+    "netcat-openbsd",             // ad-hoc TCP/UDP in tests
+    "curl",                       // HTTP through tunnels in e2e tests
+    "procps",                     // pkill/ps in cleanup
+    "wireguard-tools",            // `wg`: interop and kernel-backend checks
+    "wireguard-go",               // reference userspace WireGuard peer
+    "coturn",                     // reference TURN server and turnutils_uclient
+    "bpftool",                    // inspecting loaded programs and maps
+    "postgresql",                 // the scale-out store
+    "kmod",                       // depmod for the VM initramfs
+    "busybox-static",             // VM initramfs
+    "qemu-system-x86",            // kernel-WireGuard VM tests
+    "chromium",                   // headless browser for the portal web UI tests
+    "chromium-driver",            // chromedriver, driven by fantoccini
+    "nodejs",                     // runs the OIDC provider of the web UI tests
+    "gcc-mingw-w64-x86-64-win32", // C for ring when checking the client for Windows
 ];
+
+/// Targets the client must compile for besides Linux (`cargo check` in
+/// `cargo xtask test`). macOS is not among them: ring's build script needs
+/// the Apple SDK's headers, which no Debian package ships.
+pub const CROSS_TARGETS: &[&str] = &["x86_64-pc-windows-gnu"];
 
 /// The OIDC provider the web UI tests sign in against (npm, pinned).
 const OIDC_PROVIDER: &str = "oidc-provider@9.13.3";
@@ -50,6 +56,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn run() -> anyhow::Result<()> {
     packages()?;
     toolchain_components()?;
+    cross_targets()?;
     bpf_linker()?;
     cargo_fuzz()?;
     oidc_provider()?;
@@ -154,6 +161,30 @@ fn toolchain_components() -> anyhow::Result<()> {
     run_cmd(
         Command::new("rustup")
             .args(["component", "add", "--toolchain", TOOLCHAIN])
+            .args(&missing),
+    )
+}
+
+fn cross_targets() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "target",
+        "list",
+        "--installed",
+        "--toolchain",
+        TOOLCHAIN,
+    ]))?;
+    let missing: Vec<&str> = CROSS_TARGETS
+        .iter()
+        .copied()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: adding targets: {}", missing.join(" "));
+    run_cmd(
+        Command::new("rustup")
+            .args(["target", "add", "--toolchain", TOOLCHAIN])
             .args(&missing),
     )
 }

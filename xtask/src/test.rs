@@ -56,6 +56,26 @@ pub fn run_cmd(args: TestArgs) -> anyhow::Result<()> {
                 ]))
             })?;
         }
+        if !args.no_lint {
+            // The client's platform code behind its trait must keep
+            // compiling (and stay lint-clean) for the other platforms.
+            phases.time("cross", || {
+                for target in crate::setup::CROSS_TARGETS {
+                    run(cargo().args([
+                        "clippy",
+                        "--locked",
+                        "-p",
+                        "keyhole-client",
+                        "--target",
+                        target,
+                        "--",
+                        "-D",
+                        "warnings",
+                    ]))?;
+                }
+                Ok(())
+            })?;
+        }
         phases.time("tests", || {
             run(cargo()
                 .args(["test", "--workspace", "--locked"])
@@ -67,6 +87,13 @@ pub fn run_cmd(args: TestArgs) -> anyhow::Result<()> {
                 )
                 .arg("--")
                 .args(&args.test_args))
+        })?;
+        // The whole system once, as a newcomer's `cargo xtask demo` runs it.
+        phases.time("demo", || {
+            crate::demo::run_cmd(crate::demo::DemoArgs {
+                once: true,
+                listen: "127.0.0.1:0".parse()?,
+            })
         })?;
         phases.time("vm", || {
             crate::vm::run_scenarios(None, Duration::from_secs(300))
