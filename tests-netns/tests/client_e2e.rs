@@ -364,7 +364,10 @@ fn keyhole_up_reaches_only_authorised_resources_and_down_cleans_up() {
     let _site_dns = DnsServer::start(
         &res,
         "10.20.0.53:53".parse().unwrap(),
-        &[("wiki.corp", Ipv4Addr::new(10, 20, 0, 12))],
+        &[
+            ("wiki.corp", Ipv4Addr::new(10, 20, 0, 12)),
+            ("api.eu.apps.corp", Ipv4Addr::new(10, 20, 0, 12)),
+        ],
     );
     let _isp_dns = DnsServer::start(
         &gw,
@@ -569,6 +572,70 @@ fn keyhole_up_reaches_only_authorised_resources_and_down_cleans_up() {
         first.elapsed()
     );
     assert!(received(&res, "10.20.0.12") >= 1);
+
+    // A wildcard DNS resource (`**.` matches any depth), granted while the
+    // client runs: curl by name, with the system resolver the client set
+    // up (resolv.conf bind-mounted over /etc/resolv.conf for curl alone),
+    // reaches a web server on the resource host through the tunnel.
+    let r_apps = id(&api(
+        &gw,
+        &admin,
+        "POST",
+        "/resources",
+        &format!(
+            r#"{{"name":"apps","address":{{"kind":"dns","pattern":"**.apps.corp"}},"site_ids":["{site}"]}}"#
+        ),
+    ));
+    api(
+        &gw,
+        &admin,
+        "POST",
+        "/policies",
+        &format!(r#"{{"group_id":"{group}","resource_id":"{r_apps}"}}"#),
+    );
+    let web = res
+        .enter(|| std::net::TcpListener::bind("10.20.0.12:8080"))
+        .unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        for mut c in web.incoming().flatten() {
+            let mut req = [0u8; 1024];
+            let _ = c.read(&mut req);
+            let _ = c.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 21\r\nConnection: close\r\n\r\nhello from 10.20.0.12",
+            );
+        }
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "the stub knows **.apps.corp",
+        || resolve(&client, "100.100.100.100:53", "api.eu.apps.corp").is_some(),
+    );
+    // Any depth includes the apex; a sibling name is not covered and goes
+    // upstream (which does not know it).
+    assert!(resolve(&client, "100.100.100.100:53", "apps.corp").is_some());
+    assert_eq!(resolve(&client, "100.100.100.100:53", "xapps.corp"), None);
+    let start = Instant::now();
+    let body = client
+        .run(
+            "unshare",
+            [
+                "-m",
+                "sh",
+                "-c",
+                &format!(
+                    "mount --bind {} /etc/resolv.conf && \
+                     curl -sS --max-time 10 http://api.eu.apps.corp:8080/",
+                    resolv_conf.display()
+                ),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("curl by name: {e}\n{}", up.output_so_far()));
+    assert_eq!(body, "hello from 10.20.0.12");
+    eprintln!(
+        "e2e: dns-wildcard curl by name {} ms",
+        start.elapsed().as_millis()
+    );
 
     // The portal dies: the established tunnel keeps working.
     portal.kill().unwrap();
