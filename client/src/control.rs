@@ -299,6 +299,15 @@ impl Control {
                     self.actions.push_back(Action::AddRelays(p.connected));
                 }
             }
+            PortalToClient::GatewayOffline(o) => {
+                if self.gateways.contains_key(&o.gateway_id) {
+                    tracing::info!(gateway = %o.gateway_id,
+                        "the portal reports the gateway offline; its flows are asked again");
+                }
+                // Unlike waiting for ICE to notice, the next packet asks
+                // at once; the portal no longer offers this gateway.
+                self.connection_failed(o.gateway_id);
+            }
             PortalToClient::Error(e) => {
                 // A refused request is held off like a failed flow, so the
                 // tunnel's re-reports do not turn into a request loop.

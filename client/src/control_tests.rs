@@ -502,3 +502,53 @@ fn the_internet_resource_is_a_full_tunnel_behind_more_specific_resources() {
         .collect();
     assert_eq!(routed, vec![FULL_TUNNEL_V4, FULL_TUNNEL_V6]);
 }
+
+#[test]
+fn a_gateway_reported_offline_loses_its_flows_and_the_next_packet_asks_again() {
+    let now = t0();
+    let mut c = up(now);
+    c.handle_frame(
+        now,
+        &flow_created("00000000-0000-0000-0000-0000000000f1", R_IP, 7),
+    );
+    c.handle_frame(
+        now,
+        &flow_created("00000000-0000-0000-0000-0000000000f2", R_NET, 7),
+    );
+    drain(&mut c);
+    let offline = |gw: &str| {
+        frame(serde_json::json!({"v":1,"type":"gateway_offline","payload":{"gateway_id": gw}}))
+    };
+    // Another gateway: nothing changes here.
+    c.handle_frame(now, &offline("00000000-0000-0000-0000-0000000000a2"));
+    assert!(drain(&mut c).is_empty());
+    assert_eq!(c.status().connections.len(), 1);
+
+    c.handle_frame(now, &offline(GW));
+    let mut got = drain(&mut c);
+    let remove = got.pop();
+    assert_eq!(remove, Some(Action::RemoveConnection(GW.parse().unwrap())));
+    got.sort_by_key(|a| format!("{a:?}"));
+    assert_eq!(
+        got,
+        vec![
+            Action::Unroute("10.20.0.0/16".parse().unwrap()),
+            Action::Unroute("10.20.0.10/32".parse().unwrap()),
+        ]
+    );
+    assert!(c.status().connections.is_empty());
+    // The next packet asks at once, no longer naming the dead gateway.
+    assert_eq!(
+        c.need_flow(now, "10.20.0.10".parse().unwrap()),
+        Some(R_IP.parse().unwrap())
+    );
+    match &drain(&mut c)[..] {
+        [
+            Action::Send(Envelope {
+                message: ClientToPortal::RequestFlow(r),
+                ..
+            }),
+        ] => assert!(r.connected_gateway_ids.is_empty(), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub flows_expired: AtomicU64,
     pub flows_resent: AtomicU64,
     pub flows_revoked_client_gone: AtomicU64,
+    pub flows_dropped_gateway_offline: AtomicU64,
     pub gateways_silent_closed: AtomicU64,
     pub ws_ping_timeouts: AtomicU64,
     pub authorization_latency: Histogram,
@@ -156,6 +157,12 @@ impl Metrics {
             "keyhole_flows_revoked_client_gone_total",
             "Live authorisations revoked because their client stayed away past the grace period.",
             &self.flows_revoked_client_gone,
+        );
+        counter(
+            &mut out,
+            "keyhole_flows_dropped_gateway_offline_total",
+            "Live flows dropped because their gateway stayed disconnected past the grace period (clients are told to move).",
+            &self.flows_dropped_gateway_offline,
         );
         counter(
             &mut out,

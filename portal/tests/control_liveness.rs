@@ -1,7 +1,8 @@
 //! Liveness over real WebSockets: a relay whose socket dies is announced
 //! gone and stored offline; a gateway that stops answering pings is closed
 //! and stored offline, and gets its live flows again when it reconnects; a
-//! client that stays away past the grace period loses its flows.
+//! client that stays away past the grace period loses its flows; a gateway
+//! that stays away past its grace period is reported offline to clients.
 
 mod control_common;
 
@@ -28,6 +29,8 @@ fn config() -> ControlConfig {
         ping_interval: Duration::from_millis(200),
         ping_timeout: Duration::from_millis(300),
         client_grace: TimeDelta::seconds(1),
+        // The gateway below reconnects well within it.
+        gateway_grace: TimeDelta::seconds(2),
         ..ControlConfig::default()
     }
 }
@@ -249,6 +252,55 @@ async fn dead_peers_are_detected_and_flows_survive_a_gateway_reconnect() {
         gw_got.iter().any(|e| matches!(&e.message,
             PortalToGateway::Revoke(r) if r.target == RevokeTarget::Flow { flow_id: first.flow_id })),
         "{gw_got:?}"
+    );
+    assert_eq!(portal.hub.with_core(|c, _| c.live_flows()), 0);
+
+    // The client is back with a new flow; then the gateway's socket closes
+    // for good: past the gateway grace (2 s here) the client is told, and
+    // the portal forgets the flow.
+    let mut cl = connect_client(addr, &sa_token.secret, key(2)).await;
+    let _ = frame::<PortalToClient>(&mut cl).await;
+    send(
+        &mut cl,
+        &request(
+            2,
+            ClientToPortal::RequestFlow(RequestFlow {
+                resource_id: resource.id,
+                connected_gateway_ids: vec![],
+                dns: vec![],
+            }),
+        ),
+    )
+    .await;
+    let env = frame::<PortalToGateway>(&mut gw).await;
+    let PortalToGateway::AuthorizeFlow(second) = env.message else {
+        panic!("{env:?}");
+    };
+    send(
+        &mut gw,
+        &gateway_reply(
+            env.id.unwrap(),
+            GatewayToPortal::FlowAuthorized(FlowAuthorized {
+                flow_id: second.flow_id,
+            }),
+        ),
+    )
+    .await;
+    let created = frame::<PortalToClient>(&mut cl).await;
+    assert!(matches!(created.message, PortalToClient::FlowCreated(_)));
+    drop(gw);
+    let early = pump::<PortalToClient>(&mut cl, Duration::from_millis(1000)).await;
+    assert!(
+        !early
+            .iter()
+            .any(|e| matches!(e.message, PortalToClient::GatewayOffline(_))),
+        "reported within the grace period: {early:?}"
+    );
+    let cl_got = pump::<PortalToClient>(&mut cl, Duration::from_millis(2500)).await;
+    assert!(
+        cl_got.iter().any(|e| matches!(&e.message,
+            PortalToClient::GatewayOffline(o) if o.gateway_id == gateway_id)),
+        "{cl_got:?}"
     );
     assert_eq!(portal.hub.with_core(|c, _| c.live_flows()), 0);
     portal.abort();

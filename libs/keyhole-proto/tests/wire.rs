@@ -218,6 +218,9 @@ fn portal_to_client() -> Vec<PortalToClient> {
             },
         }),
         PortalToClient::RelaysPresence(presence()),
+        PortalToClient::GatewayOffline(GatewayOffline {
+            gateway_id: GatewayId::from_u128(4),
+        }),
         PortalToClient::Error(error()),
     ]
 }
@@ -374,6 +377,17 @@ fn golden_revoke_and_heartbeat() {
             },
         })),
         r#"{"v":1,"type":"heartbeat","payload":{"load":{"active_flows":2,"connected_clients":1}}}"#,
+    );
+}
+
+#[test]
+fn golden_gateway_offline() {
+    assert_golden(
+        Envelope::new(PortalToClient::GatewayOffline(GatewayOffline {
+            gateway_id: GatewayId::from_u128(4),
+        })),
+        r#"{"v":1,"type":"gateway_offline","payload":{
+            "gateway_id":"00000000-0000-0000-0000-000000000004"}}"#,
     );
 }
 

@@ -26,6 +26,13 @@ pub struct ControlConfig {
     /// that reconnects (network change, restart) keeps its tunnels; after
     /// it they are revoked at the gateways.
     pub client_grace: TimeDelta,
+    /// How long a gateway whose control connection closed may take to
+    /// come back before its clients are told it is offline and move to a
+    /// sibling. Covers a gateway's reconnect (its first retry waits
+    /// 250-500 ms, then the upgrade and registration) without eating much
+    /// of a failover budget of about 2 s. A blip that does not close the
+    /// socket never starts it.
+    pub gateway_grace: TimeDelta,
     /// The portal pings every peer this often...
     pub ping_interval: Duration,
     /// ...and closes a connection from which nothing (not even a pong) has
@@ -43,6 +50,7 @@ impl Default for ControlConfig {
             answers_per_client: 256,
             turn_secret: None,
             client_grace: TimeDelta::minutes(5),
+            gateway_grace: TimeDelta::milliseconds(800),
             ping_interval: Duration::from_secs(30),
             ping_timeout: Duration::from_secs(20),
         }

@@ -212,8 +212,14 @@ impl Reader {
         }
     }
 
-    /// Stop the writer if it is still running.
+    /// Stop the writer if it is still running. The read side is over, so
+    /// the writer answers with a close frame and ends now; waiting for its
+    /// queue to close would hold back the disconnect (and a failover) by
+    /// the whole grace.
     pub async fn finish(mut self) {
+        if self.writer.is_some() {
+            self.kill.kill(CLOSE_NORMAL);
+        }
         if let Some(mut w) = self.writer.take()
             && tokio::time::timeout(CLOSE_GRACE, &mut w).await.is_err()
         {

@@ -77,6 +77,16 @@ pub struct FlowFailed {
     pub reason: FlowFailReason,
 }
 
+/// A gateway's control connection closed and it did not come back within
+/// the portal's grace period. The portal has forgotten the client's flows
+/// through it; the client drops its connection to it and asks again on the
+/// next packet, which the portal answers with another gateway of the site.
+/// Older clients ignore it (unknown type) and find out from ICE instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayOffline {
+    pub gateway_id: GatewayId,
+}
+
 messages! {
     /// Portal → client.
     pub enum PortalToClient {
@@ -90,6 +100,7 @@ messages! {
         "resource_deleted" => ResourceDeleted(ResourceDeleted),
         "revoked" => Revoked(Revoke),
         "relays_presence" => RelaysPresence(RelaysPresence),
+        "gateway_offline" => GatewayOffline(GatewayOffline),
         "error" => Error(ErrorReply),
     }
 }

@@ -182,6 +182,10 @@ pub struct ControlCore {
     /// they reconnect first.
     client_grace: BTreeSet<(DateTime<Utc>, ClientId)>,
     grace_by_client: HashMap<ClientId, DateTime<Utc>>,
+    /// Disconnected gateways with live flows, declared offline to their
+    /// clients at this time unless they reconnect first.
+    gateway_grace: BTreeSet<(DateTime<Utc>, GatewayId)>,
+    grace_by_gateway: HashMap<GatewayId, DateTime<Utc>>,
     next_turn_refresh: Option<DateTime<Utc>>,
     transmits: VecDeque<Transmit>,
     flow_log: Vec<FlowLogEntry>,
@@ -217,6 +221,8 @@ impl ControlCore {
             live_by_gateway: HashMap::new(),
             client_grace: BTreeSet::new(),
             grace_by_client: HashMap::new(),
+            gateway_grace: BTreeSet::new(),
+            grace_by_gateway: HashMap::new(),
             next_turn_refresh: None,
             transmits: VecDeque::new(),
             flow_log: Vec::new(),
@@ -258,6 +264,7 @@ impl ControlCore {
             self.deadlines.first().map(|(t, _)| *t),
             self.expiries.first().map(|(t, _)| *t),
             self.client_grace.first().map(|(t, _)| *t),
+            self.gateway_grace.first().map(|(t, _)| *t),
             self.heartbeat_deadline(),
             self.next_turn_refresh,
         ]
@@ -267,8 +274,8 @@ impl ControlCore {
     }
 
     /// Gateway confirmations that timed out, expired authorisations,
-    /// clients whose grace ran out, gateways that missed heartbeats, TURN
-    /// credential refresh.
+    /// clients and gateways whose grace ran out, gateways that missed
+    /// heartbeats, TURN credential refresh.
     pub fn handle_timeout(&mut self, now: DateTime<Utc>) {
         while let Some(&(t, client)) = self.client_grace.first() {
             if t > now {
@@ -277,6 +284,14 @@ impl ControlCore {
             self.client_grace.pop_first();
             self.grace_by_client.remove(&client);
             self.client_grace_over(client);
+        }
+        while let Some(&(t, gateway)) = self.gateway_grace.first() {
+            if t > now {
+                break;
+            }
+            self.gateway_grace.pop_first();
+            self.grace_by_gateway.remove(&gateway);
+            self.gateway_grace_over(gateway);
         }
 
         while let Some(&(t, flow_id)) = self.deadlines.first() {

@@ -10,7 +10,7 @@ use keyhole_proto::{
     ClientId, Envelope, GatewayId, PublicKey, RequestId, Resource, SiteId, TunnelAddresses,
     messages::{
         ClientCandidates, ClientInit, ClientToPortal, GatewayCandidates, GatewayInit,
-        GatewayToPortal, PortalToClient, PortalToGateway,
+        GatewayOffline, GatewayToPortal, PortalToClient, PortalToGateway,
     },
 };
 use uuid::Uuid;
@@ -68,6 +68,10 @@ impl ControlCore {
             );
         } else {
             Metrics::inc(&self.metrics.gateways_connected);
+        }
+        // Back within the grace period: its clients were told nothing.
+        if let Some(t) = self.grace_by_gateway.remove(&hello.id) {
+            self.gateway_grace.remove(&(t, hello.id));
         }
         let resources: Vec<Resource> = self
             .snapshot
@@ -201,6 +205,41 @@ impl ControlCore {
         }
     }
 
+    /// A disconnected gateway did not come back within the grace period:
+    /// its flows are forgotten and every client with a flow through it is
+    /// told once, so it drops that tunnel and asks again (selection only
+    /// offers connected gateways). Without this a client would wait for
+    /// ICE to notice, then for its connection to time out.
+    pub(super) fn gateway_grace_over(&mut self, gateway: GatewayId) {
+        if self.gateways.contains_key(&gateway) {
+            return;
+        }
+        let flows: Vec<_> = self
+            .flows_by_gateway
+            .get(&gateway)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        let mut clients = HashSet::new();
+        for flow_id in &flows {
+            if let Some(flow) = self.remove_flow(*flow_id) {
+                Metrics::inc(&self.metrics.flows_dropped_gateway_offline);
+                clients.insert(flow.ctx.client);
+            }
+        }
+        tracing::info!(%gateway, flows = flows.len(), clients = clients.len(),
+            "gateway stayed away: its clients move to another gateway");
+        for client in clients {
+            self.send_client(
+                client,
+                Envelope::new(PortalToClient::GatewayOffline(GatewayOffline {
+                    gateway_id: gateway,
+                })),
+            );
+        }
+    }
+
     pub fn client_connected(&mut self, now: DateTime<Utc>, conn: ConnId, hello: ClientHello) {
         if let Some(old) = self.clients.get(&hello.id) {
             let old_conn = old.conn;
@@ -286,6 +325,15 @@ impl ControlCore {
                     .collect();
                 for flow_id in waiting {
                     self.gateway_timed_out(now, flow_id);
+                }
+                // Unless it is back soon, its clients move to a sibling
+                // (see `gateway_grace_over`).
+                if self.flows_by_gateway.contains_key(&id) {
+                    let at = now + self.config.gateway_grace;
+                    self.gateway_grace.insert((at, id));
+                    if let Some(old) = self.grace_by_gateway.insert(id, at) {
+                        self.gateway_grace.remove(&(old, id));
+                    }
                 }
             }
             Some(Peer::Client(id)) if self.clients.remove(&id).is_some() => {

@@ -184,3 +184,92 @@ fn a_silent_gateway_gets_no_flows_and_is_closed() {
     assert!(!core.is_gateway_connected(GW_B));
     assert!(core.is_gateway_connected(GW_A));
 }
+
+fn gateway_offline_msgs(out: &[Transmit]) -> Vec<GatewayId> {
+    client_msgs(out)
+        .into_iter()
+        .filter_map(|e| match e.message {
+            PortalToClient::GatewayOffline(o) => Some(o.gateway_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_gateway_that_stays_away_is_reported_offline_and_its_clients_move_to_a_sibling() {
+    let config = ControlConfig::default();
+    let mut core = core_with(config.clone(), &[GW_A, GW_B]);
+    request(&mut core, t0(), 1);
+    let (used_conn, _, flow_id) = authorize_in(&drain(&mut core));
+    confirm(&mut core, t0(), used_conn, flow_id);
+    drain(&mut core);
+    let (used, other_conn) = if used_conn == ConnId(1) {
+        (GW_A, ConnId(2))
+    } else {
+        (GW_B, ConnId(1))
+    };
+
+    let t1 = t0() + TimeDelta::seconds(1);
+    core.disconnected(t1, used_conn);
+    assert_eq!(core.poll_timeout(), Some(t1 + config.gateway_grace));
+    core.handle_timeout(t1 + config.gateway_grace - TimeDelta::milliseconds(1));
+    assert!(
+        drain(&mut core).is_empty(),
+        "nothing within the grace period"
+    );
+    assert_eq!(core.live_flows(), 1);
+
+    core.handle_timeout(t1 + config.gateway_grace);
+    let out = drain(&mut core);
+    assert_eq!(gateway_offline_msgs(&out), vec![used], "{out:?}");
+    assert_eq!(out.len(), 1, "only the client hears of it: {out:?}");
+    assert_eq!(core.live_flows(), 0, "the portal forgets its flows too");
+
+    // The next request goes to the sibling, the dead one is not offered.
+    let t2 = t1 + config.gateway_grace + TimeDelta::milliseconds(50);
+    request(&mut core, t2, 2);
+    let (conn, _, flow_id) = authorize_in(&drain(&mut core));
+    assert_eq!(conn, other_conn);
+    confirm(&mut core, t2, conn, flow_id);
+    assert!(matches!(
+        client_msgs(&drain(&mut core))[..],
+        [Envelope {
+            message: PortalToClient::FlowCreated(keyhole_proto::messages::FlowCreated {
+                gateway_id,
+                ..
+            }),
+            ..
+        }] if gateway_id != used
+    ));
+
+    // It comes back later: nothing of the old flow is asked of it.
+    core.gateway_connected(t2, used_conn, hello(used, 1));
+    assert!(authorizes_to(&drain(&mut core), used_conn).is_empty());
+}
+
+#[test]
+fn a_gateway_back_within_the_grace_period_is_not_reported_offline() {
+    let config = ControlConfig::default();
+    let mut core = core_with(config.clone(), &[GW_A]);
+    let first = live_flow(&mut core);
+    let t1 = t0() + TimeDelta::seconds(1);
+    core.disconnected(t1, ConnId(1));
+    core.gateway_connected(t1 + config.gateway_grace / 2, ConnId(50), hello(GW_A, 1));
+    assert_eq!(authorizes_to(&drain(&mut core), ConnId(50)), vec![first]);
+    core.handle_timeout(t1 + config.gateway_grace * 2);
+    assert!(gateway_offline_msgs(&drain(&mut core)).is_empty());
+    assert_eq!(core.live_flows(), 1);
+}
+
+#[test]
+fn a_gateway_without_flows_leaves_no_timer_and_tells_no_one() {
+    let config = ControlConfig {
+        max_heartbeat_age: TimeDelta::hours(1),
+        ..ControlConfig::default()
+    };
+    let mut core = core_with(config.clone(), &[GW_A]);
+    core.disconnected(t0(), ConnId(1));
+    assert_eq!(core.poll_timeout(), None, "no gateway, no flow, no timer");
+    core.handle_timeout(t0() + config.gateway_grace);
+    assert!(drain(&mut core).is_empty());
+}
