@@ -25,6 +25,9 @@ pub struct Record {
     pub resolv_conf: Option<PathBuf>,
     #[serde(default)]
     pub resolv_backup: Option<PathBuf>,
+    /// The link `up` pointed systemd-resolved at the stub on.
+    #[serde(default)]
+    pub resolved_link: Option<String>,
 }
 
 impl Record {

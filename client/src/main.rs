@@ -21,6 +21,8 @@ mod platform;
 mod relay_fallback;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod resolv;
+#[cfg(target_os = "linux")]
+mod resolved;
 mod session_file;
 #[cfg(target_os = "linux")]
 mod up;
@@ -73,13 +75,20 @@ enum Command {
         /// Offer only these addresses as ICE host candidates.
         #[arg(long)]
         advertise: Vec<IpAddr>,
-        /// Resolver file pointed at the DNS stub while up.
+        /// How the system resolver is pointed at the DNS stub: auto
+        /// (systemd-resolved when the resolver file is its symlink and
+        /// `resolvectl` answers, else file), resolved, file, off.
+        #[arg(long, env = "KEYHOLE_DNS_MODE", value_enum, default_value = "auto")]
+        dns_mode: resolv::DnsMode,
+        /// Resolver file rewritten (file mode) or checked for resolved (auto).
         #[arg(long, env = "KEYHOLE_RESOLV_CONF", default_value = "/etc/resolv.conf")]
         resolv_conf: PathBuf,
-        /// Leave the system resolver alone (no DNS resources then).
+        /// Leave the system resolver alone (no DNS resources then); same
+        /// as --dns-mode off.
         #[arg(long)]
         no_dns: bool,
-        /// Upstream resolvers [default: the resolver file's nameservers].
+        /// Upstream resolvers [default: the resolver file's nameservers, or
+        /// the servers resolved used].
         #[arg(long, value_delimiter = ',')]
         upstream_dns: Vec<std::net::SocketAddr>,
     },
@@ -137,10 +146,16 @@ fn main() -> Result<()> {
             listen_port,
             name,
             advertise,
+            dns_mode,
             resolv_conf,
             no_dns,
             upstream_dns,
         } => {
+            let dns_mode = if no_dns {
+                resolv::DnsMode::Off
+            } else {
+                dns_mode
+            };
             let (portal_url, token) = login::credentials(&state_dir, portal_url, token)?;
             #[cfg(target_os = "linux")]
             {
@@ -157,14 +172,15 @@ fn main() -> Result<()> {
                     listen_port,
                     name,
                     advertise,
-                    resolv_conf: (!no_dns).then_some(resolv_conf),
+                    dns_mode,
+                    resolv_conf,
                     upstream_dns,
                 }))
             }
             #[cfg(not(target_os = "linux"))]
             {
                 let _ = (portal_url, token, tun_name, listen_port, name, advertise);
-                let _ = (resolv_conf, no_dns, upstream_dns);
+                let _ = (dns_mode, resolv_conf, upstream_dns);
                 let _ = (state_dir, runtime_dir);
                 bail!("`keyhole up` is only implemented on Linux so far")
             }

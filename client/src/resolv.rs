@@ -9,6 +9,20 @@ use anyhow::{Context, Result};
 
 pub const BACKUP: &str = "resolv.conf.keyhole-backup";
 
+/// How `up` points the system resolver at the stub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DnsMode {
+    /// systemd-resolved if the resolver file is its symlink and it
+    /// answers, else `file`.
+    Auto,
+    /// Per-link DNS on the TUN through `resolvectl`.
+    Resolved,
+    /// Rewrite the resolver file, keeping a backup.
+    File,
+    /// Leave the system resolver alone (no DNS resources then).
+    Off,
+}
+
 /// The `nameserver` lines of a resolv.conf, as port-53 addresses.
 pub fn nameservers(text: &str) -> Vec<SocketAddr> {
     text.lines()

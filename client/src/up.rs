@@ -35,7 +35,8 @@ use crate::ipc::{self, Record};
 use crate::keys;
 use crate::platform::{FullTunnel, Native, Platform};
 use crate::relay_fallback::TcpFallback;
-use crate::{dns, resolv};
+use crate::resolv::DnsMode;
+use crate::{dns, resolv, resolved};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -56,9 +57,12 @@ pub struct UpArgs {
     pub listen_port: u16,
     pub name: Option<String>,
     pub advertise: Vec<IpAddr>,
-    /// The resolver file to point at the stub; `None`: leave DNS alone.
-    pub resolv_conf: Option<PathBuf>,
-    /// Upstream resolvers [default: the resolver file's nameservers].
+    /// How the system resolver is pointed at the stub.
+    pub dns_mode: DnsMode,
+    /// The resolver file: rewritten in file mode, checked in auto mode.
+    pub resolv_conf: PathBuf,
+    /// Upstream resolvers [default: the resolver file's nameservers, or
+    /// the servers resolved used].
     pub upstream_dns: Vec<SocketAddr>,
 }
 
@@ -109,18 +113,25 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let tuns = create_tun(&TunOptions::new(args.tun.clone(), MTU))
         .with_context(|| format!("creating TUN {}", args.tun))?;
     let backup = args.state_dir.join(resolv::BACKUP);
+    let dns_mode = match args.dns_mode {
+        DnsMode::Auto if resolved::detect(&args.resolv_conf) => DnsMode::Resolved,
+        DnsMode::Auto => DnsMode::File,
+        m => m,
+    };
+    let file_mode = dns_mode == DnsMode::File;
     Record {
         pid: std::process::id(),
         tun: args.tun.clone(),
-        resolv_conf: args.resolv_conf.clone(),
-        resolv_backup: args.resolv_conf.as_ref().map(|_| backup.clone()),
+        resolv_conf: file_mode.then(|| args.resolv_conf.clone()),
+        resolv_backup: file_mode.then(|| backup.clone()),
+        resolved_link: (dns_mode == DnsMode::Resolved).then(|| args.tun.clone()),
     }
     .write(&args.runtime_dir)?;
     let handle =
         spawn_multi(node, udp, tuns, ShellConfig::default()).context("starting the tunnel")?;
-    let stub = match &args.resolv_conf {
-        Some(path) => Some(start_dns(&args, path, &backup).await?),
-        None => None,
+    let stub = match dns_mode {
+        DnsMode::Off => None,
+        mode => Some(start_dns(&args, mode, &backup).await?),
     };
     tracing::info!(tun = %args.tun, %public_key, ?hosts, "tunnel up; connecting to the portal");
 
@@ -150,9 +161,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let url = client_url(&args, &public_key.to_string())?;
     let result = event_loop(&args, &url, &mut plane, status_rx, stub).await;
     tracing::info!("shutting down");
-    if let Some(path) = &args.resolv_conf
-        && let Err(e) = resolv::restore(path, &backup)
-    {
+    let restored = match dns_mode {
+        DnsMode::File => resolv::restore(&args.resolv_conf, &backup),
+        DnsMode::Resolved => resolved::revert(&args.tun),
+        _ => Ok(()),
+    };
+    if let Err(e) = restored {
         tracing::error!(error = %format!("{e:#}"), "restoring the resolver");
     }
     server.abort();
@@ -173,6 +187,13 @@ pub fn clean_stale(runtime: &Path, tun: &str) -> Result<()> {
         tracing::info!(tun = %r.tun, pid = r.pid, "cleaning up after an earlier run");
         if let (Some(path), Some(backup)) = (&r.resolv_conf, &r.resolv_backup) {
             resolv::restore(path, backup)?;
+        }
+        // Removing the TUN below makes resolved forget the link anyway;
+        // reverting first also covers a TUN that cannot be removed.
+        if let Some(link) = &r.resolved_link
+            && let Err(e) = resolved::revert(link)
+        {
+            tracing::warn!(error = %format!("{e:#}"), "reverting resolved's settings");
         }
         platform.remove_tun(&r.tun)?;
         Record::remove(runtime);
@@ -719,25 +740,43 @@ async fn recv_dns(stub: &Option<Stub>, buf: &mut [u8]) -> std::io::Result<(usize
     }
 }
 
-/// Binds the stub on the sentinel address and points the system at it.
-async fn start_dns(args: &UpArgs, path: &Path, backup: &Path) -> Result<Stub> {
+/// Binds the stub on the sentinel address and points the system at it
+/// (`mode` is `File` or `Resolved`).
+async fn start_dns(args: &UpArgs, mode: DnsMode, backup: &Path) -> Result<Stub> {
     let mut platform = Native;
-    platform.add_dns_address(&args.tun, IpAddr::V4(dns::SENTINEL))?;
+    let sentinel = IpAddr::V4(dns::SENTINEL);
+    platform.add_dns_address(&args.tun, sentinel)?;
     let socket = TokioUdp::bind((dns::SENTINEL, 53))
         .await
         .with_context(|| format!("binding the DNS stub on {}:53", dns::SENTINEL))?;
-    // A backup left by a crash holds the real upstreams.
-    let source = if backup.exists() { backup } else { path };
+    let path = &args.resolv_conf;
     let mut upstream = args.upstream_dns.clone();
-    if upstream.is_empty() {
-        let text = std::fs::read_to_string(source).unwrap_or_default();
-        upstream = resolv::nameservers(&text)
-            .into_iter()
-            .filter(|a| a.ip() != IpAddr::V4(dns::SENTINEL))
-            .collect();
+    if mode == DnsMode::Resolved {
+        if upstream.is_empty() {
+            upstream = resolved::upstreams(&args.tun, sentinel);
+        }
+        // It waits (briefly) for resolved to learn about the new TUN.
+        if let Err(e) = tokio::task::block_in_place(|| resolved::configure(&args.tun, sentinel)) {
+            let _ = resolved::revert(&args.tun);
+            return Err(e);
+        }
+        tracing::info!(stub = %sentinel, ?upstream, link = %args.tun, "DNS stub up, systemd-resolved sends every name to it");
+    } else {
+        // A backup left by a crash holds the real upstreams.
+        let source = if backup.exists() { backup } else { path };
+        if upstream.is_empty() {
+            let text = std::fs::read_to_string(source).unwrap_or_default();
+            upstream = resolv::nameservers(&text)
+                .into_iter()
+                .filter(|a| a.ip() != sentinel)
+                .collect();
+        }
+        resolv::switch(path, backup, sentinel)?;
+        tracing::info!(stub = %sentinel, ?upstream, resolv_conf = %path.display(), "DNS stub up");
     }
-    resolv::switch(path, backup, IpAddr::V4(dns::SENTINEL))?;
-    tracing::info!(stub = %dns::SENTINEL, ?upstream, resolv_conf = %path.display(), "DNS stub up");
+    if upstream.is_empty() {
+        tracing::warn!("no upstream resolver found: only DNS resources will resolve");
+    }
     Ok(Stub {
         socket: std::sync::Arc::new(socket),
         upstream,
