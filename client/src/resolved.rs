@@ -105,6 +105,8 @@ pub fn upstreams(own_link: &str, exclude: IpAddr) -> Vec<SocketAddr> {
 /// Sends every name to `stub` through the link `tun`.
 pub fn configure(tun: &str, stub: IpAddr) -> Result<()> {
     let stub = stub.to_string();
+    // Fails fast (no retries) without resolvectl or a running resolved.
+    resolvectl(&["dns"]).context("systemd-resolved does not answer")?;
     // resolved learns about a new link from netlink; it may not know the
     // TUN yet right after it was created.
     let mut tries = 0;
