@@ -41,6 +41,7 @@ const PACKAGES: &[&str] = &[
     "chromium-driver",            // chromedriver, driven by fantoccini
     "nodejs",                     // runs the OIDC provider of the web UI tests
     "gcc-mingw-w64-x86-64-win32", // C for ring when checking the client for Windows
+    "dbus",                       // a private system bus for the client's systemd-resolved test
 ];
 
 /// Targets the client must compile for besides Linux (`cargo check` in
