@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use keyhole_stun::ChannelData;
+use keyhole_tests_netns::bench_results::{self, record};
 use topology::*;
 use turn_client::TurnClient;
 
@@ -405,6 +406,18 @@ fn cpu_jiffies(cpu: usize) -> anyhow::Result<(u64, u64)> {
     Ok((busy, busy + v[3] + v[4]))
 }
 
+/// One sample for `cargo xtask bench` (see `bench_results`).
+fn sample(metric: &str, variant: &str, unit: &str, value: f64, round: u32) -> anyhow::Result<()> {
+    record(bench_results::Sample {
+        bench: "relay",
+        metric,
+        variant,
+        unit,
+        value,
+        round,
+    })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() { 0.0 } else { v[v.len() / 2] }
@@ -489,6 +502,17 @@ fn main() -> anyhow::Result<()> {
                 busy * 100.0,
                 p / busy
             );
+            let r = round as u32 + 1;
+            let name = variant.name();
+            sample("pps", name, "packets/s", p, r)?;
+            sample("mbps", name, "Mbit/s", payload_bits / 1e6, r)?;
+            sample(
+                "pps_per_cpu",
+                name,
+                "packets per relay CPU-second",
+                p / busy,
+                r,
+            )?;
             per_cpu.push(p / busy);
             pps.push(p);
             mbps.push(payload_bits / 1e6);

@@ -28,6 +28,7 @@ use anyhow::{Context as _, Result};
 use keyhole_gateway::policy::{
     Authorization, AuthorizationId, PolicyFilter, PortRange, Protocol, Verdict,
 };
+use keyhole_tests_netns::bench_results::{Sample, record};
 use keyhole_tests_netns::{Netns, PipeHandle, Tun, tun_pipe, veth, wait_for_tcp_port};
 use serde_json::Value;
 
@@ -180,6 +181,7 @@ fn main() -> Result<()> {
     let mut filter: Option<PolicyFilter> = None;
     let (mut tcp_off, mut tcp_on, mut pps_off, mut pps_on) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let with = format!("{n} authorisations");
     for round in 0..rounds {
         for on in [false, true] {
             if on {
@@ -208,12 +210,17 @@ fn main() -> Result<()> {
                 tcp / 1e9,
                 pps
             );
+            let variant = if on { with.as_str() } else { "no filter" };
+            let r = round as u32 + 1;
+            sample("tcp_gbps", variant, "Gbit/s", tcp / 1e9, r)?;
+            sample("udp64_pps", variant, "packets/s", pps, r)?;
             if on {
                 let f = filter.as_ref().expect("on");
                 if let Some(info) = f.program_info() {
                     let (ns, runs) = prog_stats(info.id())?;
                     if runs > 0 {
                         ns_per_packet.push(ns as f64 / runs as f64);
+                        sample("ns_per_packet", variant, "ns", ns as f64 / runs as f64, r)?;
                     }
                 }
                 let c = f.counters()?;
@@ -263,4 +270,16 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One sample for `cargo xtask bench` (see `bench_results`).
+fn sample(metric: &str, variant: &str, unit: &str, value: f64, round: u32) -> Result<()> {
+    record(Sample {
+        bench: "filter",
+        metric,
+        variant,
+        unit,
+        value,
+        round,
+    })
 }

@@ -27,6 +27,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod bench_results;
 mod command;
 mod link;
 mod naming;

@@ -17,7 +17,6 @@ mod web;
 
 use std::{
     net::{SocketAddr, TcpListener},
-    path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -29,7 +28,8 @@ use keyhole_tests_netns::scenario::{
     client_command, sock,
 };
 
-use crate::cmd::{cargo, run, workspace_root};
+use crate::binaries::{BINARIES, env_for};
+use crate::cmd::{cargo, run};
 use background::Background;
 
 #[derive(Debug, Args)]
@@ -42,14 +42,6 @@ pub struct DemoArgs {
     #[arg(long)]
     pub once: bool,
 }
-
-/// The binaries the scenario runs, by package.
-const BINARIES: [(&str, &str, &str); 4] = [
-    ("keyhole-portal", "keyhole-portal", "KEYHOLE_PORTAL_BIN"),
-    ("keyhole-relay", "keyhole-relay", "KEYHOLE_RELAY_BIN"),
-    ("keyhole-gateway", "keyhole-gateway", "KEYHOLE_GATEWAY_BIN"),
-    ("keyhole-client", "keyhole", "KEYHOLE_CLIENT_BIN"),
-];
 
 pub fn run_cmd(args: DemoArgs) -> anyhow::Result<()> {
     // Before anything exists: a Ctrl-C during start-up then lets the
@@ -133,15 +125,10 @@ fn build() -> anyhow::Result<()> {
         cmd.args(["-p", package]);
     }
     run(&mut cmd)?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    for (_, bin, var) in BINARIES {
-        if std::env::var_os(var).is_none() {
-            // SAFETY: no other thread reads the environment at this point
-            // (setup and the build ran to completion in this thread).
-            unsafe { std::env::set_var(var, target_dir.join("debug").join(bin)) };
-        }
+    for (var, path) in env_for("debug") {
+        // SAFETY: no other thread reads the environment at this point
+        // (setup and the build ran to completion in this thread).
+        unsafe { std::env::set_var(var, path) };
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask`: Keyhole's project commands. Every command except `setup`
 //! runs the set-up first, so a fresh machine needs nothing else.
 
+mod bench;
+mod binaries;
 mod cmd;
 mod demo;
 mod fuzz;
@@ -30,6 +32,9 @@ enum Command {
     Fuzz(fuzz::FuzzArgs),
     /// Boot a qemu VM with kernel WireGuard and run scenarios in it.
     VmTest(vm::VmArgs),
+    /// Run every benchmark beside its anchor, repeated, and write the
+    /// report (BENCHMARKS.md, benchmarks/report.json, PNG charts).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(a) => demo::run_cmd(a),
         Command::Fuzz(a) => fuzz::run_cmd(a),
         Command::VmTest(a) => vm::run_cmd(a),
+        Command::Bench(a) => bench::run_cmd(a),
     }
 }

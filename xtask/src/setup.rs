@@ -42,6 +42,7 @@ const PACKAGES: &[&str] = &[
     "nodejs",                     // runs the OIDC provider of the web UI tests
     "gcc-mingw-w64-x86-64-win32", // C for ring when checking the client for Windows
     "dbus",                       // a private system bus for the client's systemd-resolved test
+    "fonts-dejavu-core",          // text in the benchmark report's charts
 ];
 
 /// Targets the client must compile for besides Linux (`cargo check` in

@@ -81,6 +81,9 @@ pub fn run_cmd(args: TestArgs) -> anyhow::Result<()> {
                 .args(["test", "--workspace", "--locked"])
                 // Interop tests must not skip when their peer is missing.
                 .env("KEYHOLE_REQUIRE_COTURN", "1")
+                // The debug binaries just built, never an older release
+                // build that `cargo xtask bench` may have left.
+                .envs(crate::binaries::env_for("debug"))
                 .env(
                     "KEYHOLE_OIDC_PROVIDER_DIR",
                     crate::setup::oidc_provider_dir()?,

@@ -39,6 +39,7 @@ mod control_common;
 mod peers;
 mod portal_process;
 mod proc_stats;
+mod samples;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -303,8 +304,12 @@ async fn closed_loop(args: &Args, ready: &Ready, pid: u32) {
     for t in tasks {
         runs.push(t.await.unwrap());
     }
-    report("closed loop", runs, args.seconds, cpu);
+    let (rate, _) = report("closed loop", runs, args.seconds, cpu);
+    samples::record("closed_loop_rate", VARIANT, "authorisations/s", rate);
 }
+
+/// The variant name of this benchmark's samples.
+const VARIANT: &str = "portal on SQLite";
 
 async fn fixed_rate(args: &Args, ready: &Ready, pid: u32, rate: u64, first_key: u32) {
     let n = args.rate_clients;
@@ -346,7 +351,14 @@ async fn fixed_rate(args: &Args, ready: &Ready, pid: u32, rate: u64, first_key: 
     if args.timeline {
         timeline(&runs);
     }
-    report(&format!("fixed rate {rate}/s"), runs, args.seconds, cpu);
+    let (answered, p99) = report(&format!("fixed rate {rate}/s"), runs, args.seconds, cpu);
+    samples::record(&format!("p99_ms_at_{rate}"), VARIANT, "ms", p99);
+    samples::record(
+        &format!("answered_at_{rate}"),
+        VARIANT,
+        "authorisations/s",
+        answered,
+    );
 }
 
 fn percentiles(v: &mut [u32], ps: &[f64]) -> Vec<f64> {
@@ -386,7 +398,8 @@ fn timeline(runs: &[ClientRun]) {
     }
 }
 
-fn report(phase: &str, runs: Vec<ClientRun>, seconds: u64, cpu: CpuUse) {
+/// Prints a phase's figures; returns (answers per second, p99 ms).
+fn report(phase: &str, runs: Vec<ClientRun>, seconds: u64, cpu: CpuUse) -> (f64, f64) {
     let offered: u64 = runs.iter().map(|r| r.offered).sum();
     let failed: u64 = runs.iter().map(|r| r.failed).sum();
     let mut lat: Vec<u32> = runs
@@ -418,6 +431,7 @@ fn report(phase: &str, runs: Vec<ClientRun>, seconds: u64, cpu: CpuUse) {
         );
     }
     println!("  {cpu}");
+    (answered as f64 / s, p[2])
 }
 
 async fn idle(ready: &Ready, pid: u32, n: usize) {
@@ -431,6 +445,12 @@ async fn idle(ready: &Ready, pid: u32, n: usize) {
         held.len(),
         t0.elapsed().as_secs_f64(),
         (after - before) * 1024.0 / n as f64
+    );
+    samples::record(
+        &format!("rss_mib_idle_{}", held.len()),
+        VARIANT,
+        "MiB",
+        after,
     );
     drop(held);
 }
