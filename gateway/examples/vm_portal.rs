@@ -53,6 +53,10 @@ struct Args {
     /// The resource (an IP) the client may reach, ICMP only.
     #[arg(long)]
     resource: std::net::IpAddr,
+    /// Authorise any protocol to the resource instead of ICMP only (the
+    /// `backend-throughput` benchmark runs TCP through it).
+    #[arg(long)]
+    any_protocol: bool,
     /// A client candidate (SDP), repeatable.
     #[arg(long = "client-candidate")]
     client_candidates: Vec<String>,
@@ -105,8 +109,14 @@ fn main() -> Result<()> {
         .unwrap_or("?");
     say(&format!("connected backend={backend}"));
 
+    // No filters means any protocol.
+    let filters = if args.any_protocol {
+        "[]"
+    } else {
+        r#"[{"protocol":"icmp"}]"#
+    };
     let resource: Resource = serde_json::from_str(&format!(
-        r#"{{"id":"{}","name":"r1","address":{{"kind":"ip","ip":"{}"}},"filters":[{{"protocol":"icmp"}}]}}"#,
+        r#"{{"id":"{}","name":"r1","address":{{"kind":"ip","ip":"{}"}},"filters":{filters}}}"#,
         ResourceId::from_u128(1),
         args.resource
     ))?;
