@@ -84,6 +84,28 @@ fn which(bin: &str) -> anyhow::Result<PathBuf> {
     bail!("{bin} not found (cargo xtask setup installs it)")
 }
 
+/// A dynamically linked binary of the build host (`name`, found in the
+/// usual directories) placed at `dest`, with its shared libraries at their
+/// host paths.
+pub fn host_binary(name: &str, dest: &str) -> anyhow::Result<Vec<Extra>> {
+    let bin = which(name)?;
+    let mut extras = Vec::new();
+    for lib in shared_libs(&bin)? {
+        let data = fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
+        extras.push(Extra {
+            path: lib.to_string_lossy().into_owned(),
+            data,
+            executable: true,
+        });
+    }
+    extras.push(Extra {
+        path: dest.into(),
+        data: fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?,
+        executable: true,
+    });
+    Ok(extras)
+}
+
 pub fn build(kernel: &Kernel, scenario: &str, extras: &[Extra], out: &Path) -> anyhow::Result<()> {
     let mut files: Vec<(String, Vec<u8>, bool)> = Vec::new();
     files.push((
@@ -97,12 +119,9 @@ pub fn build(kernel: &Kernel, scenario: &str, extras: &[Extra], out: &Path) -> a
         ("wg", "/usr/bin/wg"),
         ("nft", "/usr/sbin/nft"),
     ] {
-        let bin = which(name)?;
-        for lib in shared_libs(&bin)? {
-            let data = fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
-            files.push((lib.to_string_lossy().into_owned(), data, true));
+        for e in host_binary(name, dest)? {
+            files.push((e.path, e.data, e.executable));
         }
-        files.push((dest.into(), fs::read(&bin)?, true));
     }
     let mut names = Vec::new();
     for m in &kernel.modules {

@@ -2,7 +2,11 @@
 //! build machines' kernel has no WireGuard module. KVM here cannot boot
 //! stock kernels, so qemu uses TCG; booting the decompressed vmlinux through
 //! its PVH entry keeps a run around ten seconds.
+//!
+//! Bench scenarios (`bench: true`) run only when named: they print
+//! `KEYHOLE-BENCH` sample lines, which land in `KEYHOLE_BENCH_RESULTS`.
 
+mod bench;
 mod cpio;
 mod initramfs;
 mod kernel;
@@ -22,19 +26,33 @@ use crate::cmd::workspace_root;
 
 #[derive(Debug, Args)]
 pub struct VmArgs {
-    /// Scenario to run (all when omitted).
+    /// Scenario to run (all but the benchmarks when omitted).
     pub scenario: Option<String>,
-    /// Seconds before a run is declared hung.
+    /// Seconds before a run is declared hung (benchmarks get at least
+    /// 1200).
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// qemu's `-cpu` model. TCG's cost differs a lot between scalar and
+    /// vector code, so benchmark ratios can be checked on another model
+    /// (e.g. `max,avx2=off`).
+    #[arg(long, default_value = "max")]
+    pub qemu_cpu: String,
 }
 
 pub fn run_cmd(args: VmArgs) -> anyhow::Result<()> {
     crate::setup::run()?;
-    run_scenarios(args.scenario.as_deref(), Duration::from_secs(args.timeout))
+    run_on(
+        args.scenario.as_deref(),
+        Duration::from_secs(args.timeout),
+        &args.qemu_cpu,
+    )
 }
 
 pub fn run_scenarios(only: Option<&str>, timeout: Duration) -> anyhow::Result<()> {
+    run_on(only, timeout, "max")
+}
+
+fn run_on(only: Option<&str>, timeout: Duration, cpu: &str) -> anyhow::Result<()> {
     let cache = keyhole_ebpf_build::tools_cache_dir()
         .context("no cache dir")?
         .join("vm");
@@ -44,17 +62,33 @@ pub fn run_scenarios(only: Option<&str>, timeout: Duration) -> anyhow::Result<()
         .unwrap_or_else(|| workspace_root().join("target"))
         .join("vm");
     std::fs::create_dir_all(&work)?;
+    if let Some(o) = only
+        && !scenarios::ALL.iter().any(|s| s.name == o)
+    {
+        let names: Vec<_> = scenarios::ALL.iter().map(|s| s.name).collect();
+        bail!("no VM scenario {o:?}; there are {names:?}");
+    }
+    let results = std::env::var_os("KEYHOLE_BENCH_RESULTS").map(std::path::PathBuf::from);
     let mut failed = Vec::new();
     for s in scenarios::ALL
         .iter()
-        .filter(|s| only.is_none_or(|o| o == s.name))
+        .filter(|s| only.map_or(!s.bench, |o| o == s.name))
     {
         let extras = (s.extras)()?;
         let initrd = work.join(format!("{}.cpio", s.name));
         initramfs::build(&kernel, s.script, &extras, &initrd)?;
+        let timeout = if s.bench {
+            timeout.max(BENCH_TIMEOUT)
+        } else {
+            timeout
+        };
         let start = Instant::now();
-        let ok = boot(&kernel.vmlinux, &initrd, timeout)?;
+        let (ok, samples) = boot(&kernel.vmlinux, &initrd, timeout, cpu)?;
         let secs = start.elapsed().as_secs_f64();
+        if let Some(path) = &results {
+            bench::append(path, &samples)?;
+        }
+        bench::summarize(s.name, &samples);
         if ok {
             println!("vm-test {}: PASS ({secs:.1}s)", s.name);
         } else {
@@ -68,14 +102,19 @@ pub fn run_scenarios(only: Option<&str>, timeout: Duration) -> anyhow::Result<()
     Ok(())
 }
 
-/// Boots the VM, echoes its console, and returns whether /init reported PASS.
+/// Floor for a benchmark scenario's timeout: it runs for minutes under TCG.
+const BENCH_TIMEOUT: Duration = Duration::from_secs(1200);
+
+/// Boots the VM, echoes its console, and returns whether /init reported
+/// PASS, with the benchmark samples it printed.
 fn boot(
     vmlinux: &std::path::Path,
     initrd: &std::path::Path,
     timeout: Duration,
-) -> anyhow::Result<bool> {
+    cpu: &str,
+) -> anyhow::Result<(bool, Vec<serde_json::Value>)> {
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1"])
+        .args(["-accel", "tcg", "-cpu", cpu, "-m", "512", "-smp", "1"])
         .args([
             "-nographic",
             "-no-reboot",
@@ -108,11 +147,15 @@ fn boot(
     });
     let deadline = Instant::now() + timeout;
     let mut verdict = None;
+    let mut samples = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
                 println!("  | {line}");
+                if let Some(sample) = bench::parse_line(&line) {
+                    samples.push(sample);
+                }
                 if let Some(rest) = line.split(initramfs::RESULT_TAG).nth(1) {
                     verdict = Some(rest.trim_start().starts_with("PASS"));
                 }
@@ -126,5 +169,5 @@ fn boot(
     }
     let _ = child.kill();
     let _ = child.wait();
-    Ok(verdict.unwrap_or(false))
+    Ok((verdict.unwrap_or(false), samples))
 }

@@ -5,13 +5,15 @@ use std::process::Command;
 
 use anyhow::Context as _;
 
-use super::initramfs::Extra;
+use super::initramfs::{Extra, host_binary};
 use crate::cmd::{cargo, run, workspace_root};
 
 pub struct Scenario {
     pub name: &'static str,
     pub script: &'static str,
     pub extras: fn() -> anyhow::Result<Vec<Extra>>,
+    /// A benchmark: minutes long, so `vm-test` runs it only when named.
+    pub bench: bool,
 }
 
 fn none() -> anyhow::Result<Vec<Extra>> {
@@ -84,6 +86,14 @@ fn kernel_ice_binaries() -> anyhow::Result<Vec<Extra>> {
         static_gateway_example("vm_portal")?,
         static_binary("keyhole-tunnel", &["io"], "example", "keyhole-tunnel-peer")?,
     ])
+}
+
+/// The `kernel-ice` binaries, the filter holder and iperf3.
+fn backend_throughput_binaries() -> anyhow::Result<Vec<Extra>> {
+    let mut extras = kernel_ice_binaries()?;
+    extras.push(static_gateway_example("vm_filter_load")?);
+    extras.extend(host_binary("iperf3", "/usr/bin/iperf3")?);
+    Ok(extras)
 }
 
 fn wg_kernel_check() -> anyhow::Result<Vec<Extra>> {
@@ -401,25 +411,221 @@ echo "check: ChannelData steered; direct checks were dropped"
 kill $GW
 "#;
 
+/// Benchmark, not a test (`cargo xtask vm-test backend-throughput`): TCP
+/// throughput (and 64-byte UDP packets/s) through the real gateway binary
+/// with `--backend kernel` vs `--backend userspace`, same VM, rounds
+/// interleaved (the order flips every round). Topology as `kernel-ice`:
+/// client netns `c` (keyhole-tunnel-peer, userspace WireGuard + ICE) →
+/// gateway in the root namespace → NAT → resource netns `r` (iperf3
+/// server). Each round starts portal, gateway and peer afresh, so neither
+/// backend idles beside the other. Then the eBPF filter's cost next to
+/// kernel WireGuard: a plain kernel WireGuard pair (client in `c`, gateway
+/// in root, routed without NAT), rounds alternating no filter / the
+/// gateway's filter holding 100k authorisations (vm_filter_load).
+///
+/// Everything shares one emulated vCPU (TCG), so absolute figures are far
+/// below real hardware and include the client's and the sink's work; the
+/// kernel/userspace ratio from the same run is the figure to read. iperf3
+/// comes from the build host with its shared libraries.
+const BACKEND_THROUGHPUT: &str = r#"
+ROUNDS=5
+TCP_SECS=10
+UDP_SECS=5
+# To stderr: it may run inside a $(...) that captures stdout.
+fail() {
+  {
+    echo "FAIL: $*"
+    for f in /tmp/gw.log /tmp/portal.out /tmp/peer.out /tmp/iperf.out /tmp/filter.out; do
+      echo "--- $f"; tail -n 40 $f 2>/dev/null
+    done
+  } >&2
+  exit 1
+}
+waitfor() {
+  i=0
+  until grep -q "$2" "$1" 2>/dev/null; do
+    i=$((i+1)); [ $i -le 600 ] || fail "no '$2' in $1"
+    sleep 0.1
+  done
+}
+# bench METRIC VARIANT UNIT VALUE ROUND: one sample line for the host.
+bench() {
+  case "$4" in ''|*[!0-9.]*) fail "$1 $2 round $5: no figure ('$4')";; esac
+  echo "KEYHOLE-BENCH {\"bench\":\"vm_backend\",\"metric\":\"$1\",\"variant\":\"$2\",\"unit\":\"$3\",\"value\":$4,\"round\":$5}"
+}
+# TCP from c to the resource; prints the receiver's Mbit/s.
+tcp_mbps() {
+  ip netns exec c iperf3 -c 10.20.0.10 -t $TCP_SECS -f m > /tmp/iperf.out 2>&1 \
+    || fail "iperf3 TCP"
+  awk '/receiver/ { for (i = 2; i <= NF; i++) if ($i == "Mbits/sec") v = $(i-1) } END { print v }' /tmp/iperf.out
+}
+# 64-byte UDP datagrams at full speed; prints what arrived per second.
+udp_pps() {
+  ip netns exec c iperf3 -c 10.20.0.10 -u -b 0 -l 64 -t $UDP_SECS -f m > /tmp/iperf.out 2>&1 \
+    || fail "iperf3 UDP"
+  awk '/receiver/ {
+    for (i = 2; i <= NF; i++) {
+      if ($i ~ /^[0-9]+\/[0-9]+$/) { split($i, lt, "/"); got = lt[2] - lt[1] }
+      if ($i ~ /^[0-9.]+-[0-9.]+$/) { split($i, t, "-"); secs = t[2] - t[1] }
+    }
+  } END { if (secs > 0) printf "%.1f\n", got / secs }' /tmp/iperf.out
+}
+
+ip netns add c
+ip netns add r
+ip link add eth0 type veth peer name eth0 netns c
+ip link add eth1 type veth peer name eth0 netns r
+ip addr add 10.10.0.2/24 dev eth0
+ip link set eth0 up
+ip addr add 10.20.0.1/24 dev eth1
+ip link set eth1 up
+ip -n c link set lo up
+ip -n c addr add 10.10.0.1/24 dev eth0
+ip -n c link set eth0 up
+ip -n r link set lo up
+ip -n r addr add 10.20.0.10/24 dev eth0
+ip -n r link set eth0 up
+ip netns exec r iperf3 -s -B 10.20.0.10 > /tmp/iperf-server.out 2>&1 &
+grep -q ' /sys/fs/bpf bpf ' /proc/mounts || mount -t bpf bpf /sys/fs/bpf
+
+mkdir -m 700 /tmp/state
+wg genkey > /tmp/state/private.key
+GP=$(wg pubkey < /tmp/state/private.key)
+wg genkey > /tmp/ck; CP=$(wg pubkey < /tmp/ck)
+PSK=$(wg genpsk)
+CICE=cliufrag:clientpasswordclientpassword
+GICE=gwufragg:gatewaypasswordgatewaypassword
+CCAND="candidate:1 1 udp 2130706431 10.10.0.1 51820 typ host"
+GCAND="candidate:1 1 udp 2130706431 10.10.0.2 51820 typ host"
+
+# One round through the gateway with backend $1: portal, gateway and
+# peer up, TCP then UDP measured, everything down again.
+through_gateway() {
+  be=$1; round=$2
+  : > /tmp/portal.out; : > /tmp/gw.log; : > /tmp/peer.out
+  vm_portal --listen 127.0.0.1:8080 --token vm-token --client-public-key "$CP" --psk "$PSK" \
+    --client-ice $CICE --gateway-ice $GICE --client-tunnel 100.64.0.5 --resource 10.20.0.10 \
+    --any-protocol --client-candidate "$CCAND" > /tmp/portal.out 2>&1 &
+  PORTAL=$!
+  NO_COLOR=1 KEYHOLE_TOKEN=vm-token keyhole-gateway --portal-url http://127.0.0.1:8080 \
+    --backend $be --interface khgw --listen-port 51820 --advertise 10.10.0.2 \
+    --state-dir /tmp/state --heartbeat-secs 5 > /tmp/gw.log 2>&1 &
+  GW=$!
+  waitfor /tmp/portal.out "connected backend=$be"
+  waitfor /tmp/portal.out '^flow_authorized'
+  # Not through the ip() wrapper: $! must be the peer itself, which
+  # `ip netns exec` becomes, for kill and wait to end it.
+  /usr/sbin/ip netns exec c keyhole-tunnel-peer --private-key "$(cat /tmp/ck)" --peer-public-key "$GP" \
+    --psk "$PSK" --listen 10.10.0.1:51820 --tun kh0 --tun-addr 100.64.0.5/32 \
+    --route 10.20.0.10/32 --role initiator --ice-local $CICE --ice-remote $GICE \
+    --remote-candidate "$GCAND" > /tmp/peer.out 2>&1 &
+  PEER=$!
+  waitfor /tmp/peer.out 'ConnectionUp'
+  ip netns exec c ping -c 2 -W 5 10.20.0.10 > /dev/null || fail "$be: no ping through the gateway"
+  mbps=$(tcp_mbps)
+  pps=$(udp_pps)
+  echo "round $round $be: TCP $mbps Mbit/s, UDP 64 B $pps packets/s"
+  bench tcp_mbps $be Mbit/s "$mbps" $round
+  bench udp64_pps $be packets/s "$pps" $round
+  kill $PEER; wait $PEER 2>/dev/null || true
+  kill $GW; wait $GW 2>/dev/null || true
+  # The portal ends by itself when the gateway's WebSocket closes.
+  kill $PORTAL 2>/dev/null || true; wait $PORTAL 2>/dev/null || true
+  if ip link show khgw > /dev/null 2>&1; then fail "$be: khgw survived SIGTERM"; fi
+}
+
+r=1
+while [ $r -le $ROUNDS ]; do
+  if [ $((r % 2)) -eq 1 ]; then order="kernel userspace"; else order="userspace kernel"; fi
+  for be in $order; do through_gateway $be $r; done
+  r=$((r+1))
+done
+echo "check: both backends carried TCP and UDP in $ROUNDS interleaved rounds"
+
+# The filter next to kernel WireGuard: a plain pair, client end in c (its
+# socket there too, so packets cross the veth), routed without NAT.
+wg genkey > /tmp/fk; FP=$(wg pubkey < /tmp/fk)
+ip link add wgf type wireguard
+wg set wgf private-key /tmp/fk listen-port 51830 peer "$CP" allowed-ips 100.64.0.5/32
+ip addr add 100.64.0.1/32 dev wgf
+ip link set wgf up
+ip route add 100.64.0.5/32 dev wgf
+ip -n c link add wgc type wireguard
+ip netns exec c wg set wgc private-key /tmp/ck listen-port 51831 \
+  peer "$FP" allowed-ips 10.20.0.10/32 endpoint 10.10.0.2:51830
+ip -n c addr add 100.64.0.5/32 dev wgc
+ip -n c link set wgc up
+ip -n c route add 10.20.0.10/32 dev wgc
+ip -n r route add 100.64.0.0/10 via 10.20.0.1
+echo 1 > /proc/sys/net/ipv4/ip_forward
+echo 1 > /proc/sys/kernel/bpf_stats_enabled
+ip netns exec c ping -c 2 -W 5 10.20.0.10 > /dev/null || fail "no ping over the plain kernel pair"
+
+# One round with no filter ($1 = off) or the filter holding 100k entries.
+filter_round() {
+  if [ "$1" = on ]; then
+    : > /tmp/filter.out
+    rm -f /tmp/fctl; mkfifo /tmp/fctl
+    vm_filter_load --interface wgf --authorizations 100000 --client 100.64.0.5 \
+      --dst 10.20.0.10/32 < /tmp/fctl > /tmp/filter.out 2>&1 &
+    FL=$!
+    exec 4>/tmp/fctl
+    waitfor /tmp/filter.out '^ready'
+    grep '^ready' /tmp/filter.out
+    variant=kernel-filter-100k
+  else
+    variant=kernel-no-filter
+  fi
+  mbps=$(tcp_mbps)
+  echo "round $2 $variant: TCP $mbps Mbit/s"
+  bench filter_tcp_mbps $variant Mbit/s "$mbps" $2
+  if [ "$1" = on ]; then
+    exec 4>&-
+    wait $FL || fail "vm_filter_load failed"
+    cat /tmp/filter.out | grep -e '^counters' -e '^prog'
+    grep -q '^counters allowed=[1-9]' /tmp/filter.out || fail "the filter admitted nothing"
+    ns=$(awk '/^prog/ { split($2, a, "="); split($3, b, "="); if (b[2] > 0) printf "%.1f\n", a[2] / b[2] }' /tmp/filter.out)
+    [ -z "$ns" ] || bench filter_ns_per_packet $variant ns "$ns" $2
+  fi
+}
+r=1
+while [ $r -le $ROUNDS ]; do
+  if [ $((r % 2)) -eq 1 ]; then order="off on"; else order="on off"; fi
+  for f in $order; do filter_round $f $r; done
+  r=$((r+1))
+done
+echo "check: kernel WireGuard carried TCP with and without the filter in $ROUNDS rounds"
+"#;
+
 pub const ALL: &[Scenario] = &[
     Scenario {
         name: "kernel-wg-smoke",
         script: KERNEL_WG_SMOKE,
         extras: none,
+        bench: false,
     },
     Scenario {
         name: "kernel-wg-backend",
         script: KERNEL_WG_BACKEND,
         extras: wg_kernel_check,
+        bench: false,
     },
     Scenario {
         name: "kernel-ice",
         script: KERNEL_ICE,
         extras: kernel_ice_binaries,
+        bench: false,
     },
     Scenario {
         name: "kernel-ice-relayed",
         script: KERNEL_ICE_RELAYED,
         extras: kernel_ice_relayed_binaries,
+        bench: false,
+    },
+    Scenario {
+        name: "backend-throughput",
+        script: BACKEND_THROUGHPUT,
+        extras: backend_throughput_binaries,
+        bench: true,
     },
 ];
