@@ -425,8 +425,11 @@ kill $GW
 ///
 /// Everything shares one emulated vCPU (TCG), so absolute figures are far
 /// below real hardware and include the client's and the sink's work; the
-/// kernel/userspace ratio from the same run is the figure to read. iperf3
-/// comes from the build host with its shared libraries.
+/// kernel/userspace ratio from the same run is the figure to read. TCG
+/// makes AVX2 code dear, and under `-cpu max` the kernel's ChaCha20-Poly1305
+/// takes its AVX2 path: kernel TCP went from ~18 to ~42 Mbit/s with
+/// `--qemu-cpu max,avx2=off` (2026-12-05), so read ratios from both models.
+/// iperf3 comes from the build host with its shared libraries.
 const BACKEND_THROUGHPUT: &str = r#"
 ROUNDS=5
 TCP_SECS=10
