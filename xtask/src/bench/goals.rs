@@ -284,6 +284,10 @@ pub const BENCHES: &[Bench] = &[
                 chart: true,
                 ..row("first_packet_ms", "First packet answered")
             },
+            row(
+                "new_flow_ms",
+                "First packet of another resource over the same tunnel",
+            ),
             row("steady_rtt_ms", "Round trip once established"),
         ],
     },
