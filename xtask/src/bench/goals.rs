@@ -321,6 +321,11 @@ pub const BENCHES: &[Bench] = &[
                 ..row("tcp_mbps", "TCP through the gateway")
             },
             Row {
+                anchor: Some("userspace"),
+                chart: true,
+                ..row("udp64_pps", "UDP 64-byte packets/s through the gateway")
+            },
+            Row {
                 anchor: Some("kernel-no-filter"),
                 goals: &[Goal {
                     variant: "kernel-filter-100k",

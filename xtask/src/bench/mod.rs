@@ -10,10 +10,10 @@
 //! rewrites the report with the other benchmarks' last figures.
 
 mod chart;
-mod goals;
+pub(crate) mod goals;
 mod progress;
 mod report;
-mod samples;
+pub(crate) mod samples;
 mod suites;
 
 use std::collections::BTreeMap;

@@ -112,7 +112,7 @@ fn boot(
     initrd: &std::path::Path,
     timeout: Duration,
     cpu: &str,
-) -> anyhow::Result<(bool, Vec<serde_json::Value>)> {
+) -> anyhow::Result<(bool, Vec<crate::bench::samples::Sample>)> {
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", cpu, "-m", "512", "-smp", "1"])
         .args([
