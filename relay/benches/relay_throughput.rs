@@ -6,14 +6,25 @@
 //! Not a timed test: `cargo bench -p keyhole-relay --bench relay_throughput`
 //! (root needed). Knobs: KEYHOLE_BENCH_ROUNDS (3), KEYHOLE_BENCH_SECS (3),
 //! KEYHOLE_BENCH_SIZE (payload bytes, 1200), KEYHOLE_BENCH_SENDERS (2),
-//! KEYHOLE_BENCH_GEN (`raw`: prebuilt frames on AF_PACKET, the default, so
-//! the generator is cheaper than what it measures; `udp`: UDP sockets),
-//! KEYHOLE_BENCH_PIN (1: senders on CPU 0, relay on CPU 1; 0: no pinning).
+//! KEYHOLE_BENCH_GEN (`xdp`, the default: the kernel's live-frame XDP
+//! generator; `raw`: prebuilt frames on AF_PACKET; `udp`: UDP sockets),
+//! KEYHOLE_BENCH_PIN (1: load on CPU 0, relay on CPU 1; 0: no pinning),
+//! KEYHOLE_BENCH_VARIANTS (comma-separated subset of `xdp,userspace,coturn`).
 //!
-//! Each sender is a TURN client with its own allocation and channel that
-//! blasts ChannelData with sendmmsg; the peer namespace counts and drops
-//! what arrives with an nftables rule in prerouting, so no receiving
-//! socket limits the figure.
+//! The relay host is modelled on one with a NIC, one core for the relay:
+//! - the relay's receive path (c0's NAPI, threaded) runs on the relay's
+//!   core for every variant, as a NIC queue's interrupt affinity would put
+//!   it; c0 always runs XDP (the fast path, or a pass-all program), as a
+//!   native-XDP driver would;
+//! - load is generated on the other core with the kernel's XDP traffic
+//!   generator (BPF_PROG_TEST_RUN, live frames): page-pool frames land on
+//!   c0 as a NIC's would, with no sender socket or skb, so the generator
+//!   outruns every relay measured;
+//! - the peer counts and drops what arrives with an XDP program whose NAPI
+//!   runs on the load's core, so the receiving end costs the relay nothing:
+//!   a relay's transmit ends where a NIC's would, at the veth's xmit.
+//!
+//! Each sender is a TURN client with its own allocation and channel.
 
 #[path = "../tests/support/topology.rs"]
 mod topology;
@@ -27,6 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use keyhole_relay::xdp::{LiveFrameGenerator, PassProgram, XdpMode};
 use keyhole_stun::ChannelData;
 use keyhole_tests_netns::bench_results::{self, record};
 use topology::*;
@@ -66,34 +78,6 @@ struct Sample {
     received: u64,
     bytes: u64,
     secs: f64,
-}
-
-fn nft_setup(topo: &Topology) -> anyhow::Result<()> {
-    let rules = format!(
-        "table inet khbench {{\n\
-         \tchain pre {{\n\
-         \t\ttype filter hook prerouting priority -300; policy accept;\n\
-         \t\tip daddr {PEER_IP} udp dport {PEER_BASE_PORT}-{} counter drop\n\
-         \t}}\n\
-         }}\n",
-        PEER_BASE_PORT + 100
-    );
-    topo.peer
-        .run_with_stdin("nft", ["-f", "-"], rules.as_bytes())?;
-    Ok(())
-}
-
-/// (packets, bytes) counted at the peer so far.
-fn nft_count(topo: &Topology) -> anyhow::Result<(u64, u64)> {
-    let out = topo
-        .peer
-        .run("nft", ["list", "chain", "inet", "khbench", "pre"])?;
-    let words: Vec<&str> = out.split_whitespace().collect();
-    let at = words
-        .iter()
-        .position(|w| *w == "packets")
-        .context("no counter")?;
-    Ok((words[at + 1].parse()?, words[at + 3].parse()?))
 }
 
 /// MAC address of `dev` in `ns`.
@@ -262,13 +246,49 @@ fn blast(client: &TurnClient, channel: u16, size: usize, stop: &AtomicBool) -> u
     blast_fd(client.socket.as_raw_fd(), &frame, stop)
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GenKind {
+    /// Live XDP frames from BPF_PROG_TEST_RUN.
+    Xdp,
+    /// Prebuilt frames on AF_PACKET.
+    Raw,
+    /// UDP sockets.
+    Udp,
+}
+
 /// How the load is generated.
 struct Generator {
-    /// Raw frames on AF_PACKET (default) rather than UDP sockets.
-    raw: bool,
+    kind: GenKind,
     client_mac: [u8; 6],
     relay_mac: [u8; 6],
     ifindex: i32,
+}
+
+/// Frames one live-frame test run sends; small enough that `stop` is seen
+/// within milliseconds.
+const LIVE_CHUNK: u32 = 32_768;
+
+/// Sends the generator's frame out of the client's eth0
+/// until `stop`; returns frames generated (the relay's ring drops what it
+/// has no room for).
+fn blast_live(
+    topo: &Topology,
+    generator: &LiveFrameGenerator,
+    ifindex: u32,
+    stop: &AtomicBool,
+) -> u64 {
+    topo.client.enter(|| {
+        pin_current_thread();
+        let mut sent = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            if let Err(e) = generator.send(ifindex, LIVE_CHUNK) {
+                eprintln!("live-frame generator: {e}");
+                break;
+            }
+            sent += u64::from(LIVE_CHUNK);
+        }
+        sent
+    })
 }
 
 fn measure(
@@ -290,7 +310,39 @@ fn measure(
         clients.push(c);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let (p0, b0) = nft_count(topo)?;
+    // Everything a sender needs is built before the clock starts.
+    let frames: Vec<Vec<u8>> = clients
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            frame(
+                generator.client_mac,
+                generator.relay_mac,
+                c.socket.local_addr()?,
+                server,
+                0x4000 + k as u16,
+                size,
+            )
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let live: Vec<LiveFrameGenerator> = if generator.kind == GenKind::Xdp {
+        frames
+            .iter()
+            .map(|f| LiveFrameGenerator::new(f.clone()))
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    let sockets: Vec<OwnedFd> = if generator.kind == GenKind::Raw {
+        frames
+            .iter()
+            .map(|_| topo.client.enter(|| packet_socket(generator.ifindex)))
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let sink = topo.sink().context("no sink at the peer")?;
+    let (p0, b0) = sink.read()?;
     let cpu0 = relay_cpu.map(cpu_jiffies).transpose()?;
     let start = Instant::now();
     let sent: u64 = std::thread::scope(|s| {
@@ -299,24 +351,17 @@ fn measure(
             .enumerate()
             .map(|(k, c)| {
                 let stop = stop.clone();
-                let channel = 0x4000 + k as u16;
-                if generator.raw {
-                    let f = frame(
-                        generator.client_mac,
-                        generator.relay_mac,
-                        c.socket.local_addr().expect("local addr"),
-                        server,
-                        channel,
-                        size,
-                    )
-                    .expect("frame");
-                    let fd = topo
-                        .client
-                        .enter(|| packet_socket(generator.ifindex))
-                        .expect("packet socket");
-                    s.spawn(move || blast_fd(fd.as_raw_fd(), &f, &stop))
-                } else {
-                    s.spawn(move || blast(c, channel, size, &stop))
+                let ifindex = generator.ifindex as u32;
+                match generator.kind {
+                    GenKind::Xdp => {
+                        let live = &live[k];
+                        s.spawn(move || blast_live(topo, live, ifindex, &stop))
+                    }
+                    GenKind::Raw => {
+                        let (fd, f) = (sockets[k].as_raw_fd(), &frames[k]);
+                        s.spawn(move || blast_fd(fd, f, &stop))
+                    }
+                    GenKind::Udp => s.spawn(move || blast(c, 0x4000 + k as u16, size, &stop)),
                 }
             })
             .collect();
@@ -332,7 +377,7 @@ fn measure(
     };
     // Let queued datagrams drain before reading the count.
     std::thread::sleep(Duration::from_millis(200));
-    let (p1, b1) = nft_count(topo)?;
+    let (p1, b1) = sink.read()?;
     Ok(Sample {
         relay_cpu_busy,
         sent,
@@ -346,45 +391,49 @@ fn measure(
 /// relayed pkt per second of relay-CPU time.
 type Series = (Variant, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
 
-/// With XDP attached, c0's receive work (the fast path, and everything
-/// downstream of its redirect) runs in c0's NAPI poll, by default in the
-/// softirq of the CPU that sent the frame, i.e. the sender's. Threaded
-/// NAPI pinned to the relay's CPU puts it where a NIC queue's interrupt
-/// would: on the relay's core, as the userspace relays' work is.
-fn napi_on_cpu(topo: &Topology, cpu: usize) -> anyhow::Result<()> {
-    let ns = topo.relay.name().to_string();
+/// Runs `dev`'s NAPI in `ns` as kernel threads pinned to `cpu`, where a
+/// NIC queue's interrupt affinity would put that receive work. Called
+/// after every XDP attach: veth re-creates its NAPI then.
+fn napi_on_cpu(
+    ns: &keyhole_tests_netns::Netns,
+    dev: &str,
+    cpu: usize,
+    realtime: bool,
+) -> anyhow::Result<()> {
     // `ip netns exec` mounts the namespace's own /sys.
     let status = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            "sh",
-            "-c",
-            "echo 1 > /sys/class/net/c0/threaded",
-        ])
+        .args(["netns", "exec", ns.name(), "sh", "-c"])
+        .arg(format!("echo 1 > /sys/class/net/{dev}/threaded"))
         .status()?;
-    anyhow::ensure!(status.success(), "enabling threaded NAPI on c0");
-    // The kthreads are named napi/c0-<napi id>; several namespaces may have
-    // a c0, so pin every one (only this bench's carries traffic).
+    anyhow::ensure!(status.success(), "enabling threaded NAPI on {dev}");
+    // The kthreads are named napi/<dev>-<napi id>; other namespaces may
+    // have a `dev` too, so pin every one (only this bench's carries traffic).
     let ps = std::process::Command::new("ps")
         .args(["-eo", "pid=,comm="])
         .output()?;
+    let prefix = format!("napi/{dev}-");
     let mut pinned = 0;
     for line in String::from_utf8_lossy(&ps.stdout).lines() {
         let mut it = line.split_whitespace();
         if let (Some(pid), Some(comm)) = (it.next(), it.next())
-            && comm.starts_with("napi/c0-")
+            && comm.starts_with(&prefix)
         {
-            let ok = std::process::Command::new("taskset")
+            let mut ok = std::process::Command::new("taskset")
                 .args(["-pc", &cpu.to_string(), pid])
                 .output()?
                 .status
                 .success();
+            if realtime {
+                ok &= std::process::Command::new("chrt")
+                    .args(["-f", "-p", "50", pid])
+                    .output()?
+                    .status
+                    .success();
+            }
             pinned += usize::from(ok);
         }
     }
-    anyhow::ensure!(pinned > 0, "no napi/c0-* thread found");
+    anyhow::ensure!(pinned > 0, "no {prefix}* thread found");
     Ok(())
 }
 
@@ -429,15 +478,20 @@ fn main() -> anyhow::Result<()> {
     let secs = env_or("KEYHOLE_BENCH_SECS", 3);
     let size = env_or("KEYHOLE_BENCH_SIZE", 1200) as usize;
     let senders = env_or("KEYHOLE_BENCH_SENDERS", 2) as usize;
-    let topo = Topology::new()?;
-    nft_setup(&topo)?;
+    let mut topo = Topology::new()?;
+    topo.sink_at_peer()?;
     // Senders on CPU 0, the relay on CPU 1: each userspace relay gets one
     // whole core whatever its threading, and the senders cannot starve it.
     let pin = std::env::var("KEYHOLE_BENCH_PIN").map_or(true, |p| p != "0")
         && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
     let relay_cpu = pin.then_some(1);
     SENDER_CPU.store(if pin { 0 } else { usize::MAX }, Ordering::Relaxed);
-    let raw = std::env::var("KEYHOLE_BENCH_GEN").map_or(true, |g| g != "udp");
+    let kind = match std::env::var("KEYHOLE_BENCH_GEN").as_deref() {
+        Ok("raw") => GenKind::Raw,
+        Ok("udp") => GenKind::Udp,
+        Ok("xdp") | Err(_) => GenKind::Xdp,
+        Ok(other) => anyhow::bail!("KEYHOLE_BENCH_GEN={other}: want xdp, raw or udp"),
+    };
     // `ip -o link` lines start with "IFINDEX: NAME".
     let ifindex: i32 = topo
         .client
@@ -448,35 +502,66 @@ fn main() -> anyhow::Result<()> {
         .trim()
         .parse()?;
     let generator = Generator {
-        raw,
+        kind,
         client_mac: mac(&topo.client, "eth0")?,
         relay_mac: mac(&topo.relay, "c0")?,
         ifindex,
     };
-    let variants = [Variant::Xdp, Variant::Userspace, Variant::Coturn];
+    let variants: Vec<Variant> = match std::env::var("KEYHOLE_BENCH_VARIANTS") {
+        Ok(list) => list
+            .split(',')
+            .map(|v| match v.trim() {
+                "xdp" => Ok(Variant::Xdp),
+                "userspace" => Ok(Variant::Userspace),
+                "coturn" => Ok(Variant::Coturn),
+                other => anyhow::bail!("unknown variant {other}: want xdp, userspace, coturn"),
+            })
+            .collect::<anyhow::Result<_>>()?,
+        Err(_) => vec![Variant::Xdp, Variant::Userspace, Variant::Coturn],
+    };
     let mut results: Vec<Series> = variants
         .iter()
         .map(|v| (*v, Vec::new(), Vec::new(), Vec::new(), Vec::new()))
         .collect();
     println!(
         "relayed ChannelData client → peer, payload {size} B, {senders} senders ({}), {secs} s × {rounds} rounds",
-        if raw {
-            "AF_PACKET frames"
-        } else {
-            "UDP sockets"
+        match kind {
+            GenKind::Xdp => "live XDP frames",
+            GenKind::Raw => "AF_PACKET frames",
+            GenKind::Udp => "UDP sockets",
         }
     );
     for round in 0..rounds {
         for (variant, pps, mbps, offered, per_cpu) in results.iter_mut() {
+            // Without the fast path, c0 runs a pass-all program: a native-XDP
+            // driver, and what lets c0 receive live XDP frames at all.
+            let _c0_pass = (*variant != Variant::Xdp)
+                .then(|| {
+                    topo.relay
+                        .enter(|| PassProgram::attach("c0", XdpMode::Native))
+                })
+                .transpose()?;
             let mut relay = match variant {
                 Variant::Xdp => topo.start_keyhole_on("native", relay_cpu)?,
                 Variant::Userspace => topo.start_keyhole_on("off", relay_cpu)?,
                 Variant::Coturn => topo.start_coturn(relay_cpu)?,
             };
-            if *variant == Variant::Xdp
-                && let Some(cpu) = relay_cpu
-            {
-                napi_on_cpu(&topo, cpu)?;
+            if let Some(cpu) = relay_cpu {
+                // The fast path is the receive path: it runs on the relay's
+                // core. A userspace relay's core instead runs the relay, and
+                // its socket receive path goes to the load's core (real-time,
+                // ahead of the generator): a saturating receive softirq on
+                // the relay's core would measure receive livelock, not the
+                // relay. That gives the userspace relays a second core's
+                // help, so the XDP ratios are conservative.
+                if *variant == Variant::Xdp {
+                    napi_on_cpu(&topo.relay, "c0", cpu, false)?;
+                } else {
+                    napi_on_cpu(&topo.relay, "c0", 1 - cpu, true)?;
+                }
+                // Real-time, so the sink always beats the generator it
+                // shares a core with: whatever the relay sends is counted.
+                napi_on_cpu(&topo.peer, "eth0", 1 - cpu, true)?;
             }
             let s = measure(&topo, &generator, relay_cpu, senders, size, secs)
                 .with_context(|| format!("{}: {}", variant.name(), relay.output_so_far()))?;
@@ -491,7 +576,7 @@ fn main() -> anyhow::Result<()> {
             relay.kill()?;
             let p = s.received as f64 / s.secs;
             // Application payload bits per second (the UDP payload at the peer).
-            let payload_bits = (s.bytes as f64 - s.received as f64 * 28.0) * 8.0 / s.secs;
+            let payload_bits = s.bytes as f64 * 8.0 / s.secs;
             let busy = s.relay_cpu_busy.unwrap_or(f64::NAN);
             println!(
                 "  round {round} {:<24} sent {:>10.0} pkt/s  relayed {:>10.0} pkt/s  {:>8.1} Mbit/s  relay CPU {:>5.1} %  {:>10.0} pkt per relay-CPU-second",
@@ -520,8 +605,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!("medians:");
-    let coturn = median(results[2].1.clone());
-    let coturn_eff = median(results[2].4.clone());
+    // Ratios against coturn when it ran (NaN otherwise).
+    let anchor = results.iter().find(|r| r.0 == Variant::Coturn);
+    let coturn = anchor.map_or(f64::NAN, |r| median(r.1.clone()));
+    let coturn_eff = anchor.map_or(f64::NAN, |r| median(r.4.clone()));
     for (variant, pps, mbps, offered, per_cpu) in &results {
         let p = median(pps.clone());
         let eff = median(per_cpu.clone());

@@ -35,6 +35,16 @@ pub const PROGRAM: &str = "keyhole_relay";
 /// an XDP program for frames sent to it with XDP_TX or a redirect to be
 /// received in native mode (tests and benchmarks attach it there).
 pub const PASS_PROGRAM: &str = "keyhole_xdp_pass";
+/// Benchmark traffic source: XDP_TX, run with live-frame BPF_PROG_TEST_RUN.
+pub const TX_PROGRAM: &str = "keyhole_xdp_tx";
+/// The source's template: the first `TX_TEMPLATE_WORDS` × 8 bytes of its
+/// frame, rewritten into every frame it sends.
+pub const TX_TEMPLATE_MAP: &str = "RELAY_TX_TEMPLATE";
+pub const TX_TEMPLATE_WORDS: usize = 8;
+/// Benchmark traffic sink: counts and drops UDP.
+pub const SINK_PROGRAM: &str = "keyhole_xdp_sink";
+/// The sink's per-CPU counters: slot 0 datagrams, slot 1 payload bytes.
+pub const SINK_COUNTERS_MAP: &str = "RELAY_SINK_COUNTERS";
 
 /// Default capacity of each direction's map (channels relayed at once).
 pub const DEFAULT_MAX_CHANNELS: u32 = 65_536;

@@ -44,8 +44,8 @@ mod prog {
         programs::XdpContext,
     };
     use keyhole_ebpf_common::relay::{
-        Counter, DEFAULT_MAX_CHANNELS, RelayConfig, ToClientKeyV4, ToClientKeyV6, ToClientV4,
-        ToClientV6, ToPeerKeyV4, ToPeerKeyV6, ToPeerV4, ToPeerV6, csum,
+        Counter, DEFAULT_MAX_CHANNELS, RelayConfig, TX_TEMPLATE_WORDS, ToClientKeyV4,
+        ToClientKeyV6, ToClientV4, ToClientV6, ToPeerKeyV4, ToPeerKeyV6, ToPeerV4, ToPeerV6, csum,
     };
 
     const ETH_LEN: usize = 14;
@@ -106,6 +106,79 @@ mod prog {
     #[xdp]
     pub fn keyhole_xdp_pass(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
+    }
+
+    #[map(name = "RELAY_TX_TEMPLATE")]
+    static TX_TEMPLATE: Array<[u64; TX_TEMPLATE_WORDS]> = Array::with_max_entries(1, 0);
+
+    /// The benchmark's traffic source: run with BPF_PROG_TEST_RUN and
+    /// `BPF_F_TEST_XDP_LIVE_FRAMES`, XDP_TX sends the test frame out of the
+    /// device named in the context, as a NIC's receive path would deliver
+    /// it to the far end, without a socket or skb per frame.
+    ///
+    /// The kernel writes a page's frame only when it first allocates it; a
+    /// receiver that rewrote headers in place (the fast path does) hands
+    /// the page back changed. So the headers are written afresh from the
+    /// template every time, as each frame off a wire would be new.
+    #[xdp]
+    pub fn keyhole_xdp_tx(ctx: XdpContext) -> u32 {
+        const LEN: usize = TX_TEMPLATE_WORDS * 8;
+        let data = ctx.data();
+        if data + LEN > ctx.data_end() {
+            return xdp_action::XDP_ABORTED;
+        }
+        let Some(t) = TX_TEMPLATE.get(0) else {
+            return xdp_action::XDP_ABORTED;
+        };
+        for (i, w) in t.iter().enumerate() {
+            // SAFETY: bounds checked above for all LEN bytes.
+            unsafe { core::ptr::write_unaligned((data + i * 8) as *mut u64, *w) };
+        }
+        xdp_action::XDP_TX
+    }
+
+    #[map(name = "RELAY_SINK_COUNTERS")]
+    static SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+    /// The benchmark's traffic sink: counts UDP datagrams (slot 0) and
+    /// their payload bytes (slot 1) and drops them, so no receiving socket
+    /// or stack limits what a relay is measured at; all else passes.
+    #[xdp]
+    pub fn keyhole_xdp_sink(ctx: XdpContext) -> u32 {
+        let data = ctx.data();
+        let end = ctx.data_end();
+        if data + ETH_LEN > end {
+            return xdp_action::XDP_PASS;
+        }
+        // SAFETY: bounds checked above.
+        let ethertype = unsafe { core::ptr::read_unaligned((data + 12) as *const [u8; 2]) };
+        // Offset of the UDP header: IPv4 without options, or IPv6 without
+        // extension headers.
+        let (udp_at, proto_at) = if ethertype == ETH_P_IP {
+            (ETH_LEN + IP_LEN, ETH_LEN + 9)
+        } else if ethertype == [0x86, 0xdd] {
+            (ETH_LEN + 40, ETH_LEN + 6)
+        } else {
+            return xdp_action::XDP_PASS;
+        };
+        if data + udp_at + UDP_LEN > end {
+            return xdp_action::XDP_PASS;
+        }
+        // SAFETY: bounds checked above (proto_at < udp_at).
+        let proto = unsafe { *((data + proto_at) as *const u8) };
+        if proto != IPPROTO_UDP {
+            return xdp_action::XDP_PASS;
+        }
+        // SAFETY: bounds checked above.
+        let len = unsafe { core::ptr::read_unaligned((data + udp_at + 4) as *const [u8; 2]) };
+        let payload = u64::from(u16::from_be_bytes(len).saturating_sub(UDP_LEN as u16));
+        for (slot, n) in [(0u32, 1u64), (1, payload)] {
+            if let Some(c) = SINK.get_ptr_mut(slot) {
+                // SAFETY: a per-CPU slot, only this CPU writes it while we run.
+                unsafe { *c += n };
+            }
+        }
+        xdp_action::XDP_DROP
     }
 
     /// The fields of an Ethernet + IPv4 + UDP datagram the fast path uses.

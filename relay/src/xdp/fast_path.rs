@@ -9,9 +9,9 @@ use aya::{
     programs::Xdp,
 };
 use keyhole_ebpf_common::relay::{
-    CONFIG_MAP, COUNTERS_MAP, Counter, PASS_PROGRAM, PROGRAM, RelayConfig, TO_CLIENT_V4_MAP,
-    TO_CLIENT_V6_MAP, TO_PEER_V4_MAP, TO_PEER_V6_MAP, ToClientKeyV4, ToClientKeyV6, ToClientV4,
-    ToClientV6, ToPeerKeyV4, ToPeerKeyV6, ToPeerV4, ToPeerV6,
+    CONFIG_MAP, COUNTERS_MAP, Counter, PROGRAM, RelayConfig, TO_CLIENT_V4_MAP, TO_CLIENT_V6_MAP,
+    TO_PEER_V4_MAP, TO_PEER_V6_MAP, ToClientKeyV4, ToClientKeyV6, ToClientV4, ToClientV6,
+    ToPeerKeyV4, ToPeerKeyV6, ToPeerV4, ToPeerV6,
 };
 
 use super::{MapOp, RELAY_EBPF, XdpError, XdpMode};
@@ -40,7 +40,7 @@ pub struct FastPathCounters {
     counters: PerCpuArray<MapData, u64>,
 }
 
-fn map_err(name: &'static str) -> impl Fn(MapError) -> XdpError {
+pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> XdpError {
     move |source| XdpError::Map { name, source }
 }
 
@@ -169,7 +169,11 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
-fn attach_one(program: &mut Xdp, iface: &str, mode: XdpMode) -> Result<&'static str, XdpError> {
+pub(super) fn attach_one(
+    program: &mut Xdp,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<&'static str, XdpError> {
     let mut last = None;
     for &(flags, name) in mode.attempts() {
         match program.attach(iface, flags) {
@@ -204,26 +208,6 @@ impl FastPathCounters {
             *slot = values.iter().sum();
         }
         Ok(out)
-    }
-}
-
-/// An XDP program that passes everything, for the far end of a veth: in
-/// native mode a veth only receives XDP_TX/redirected frames when its peer
-/// runs XDP. Dropping it detaches.
-pub struct PassProgram {
-    _ebpf: Ebpf,
-}
-
-impl PassProgram {
-    pub fn attach(iface: &str, mode: XdpMode) -> Result<(Self, &'static str), XdpError> {
-        let mut ebpf = Ebpf::load(RELAY_EBPF)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PASS_PROGRAM)
-            .ok_or(XdpError::Missing("keyhole_xdp_pass program"))?
-            .try_into()?;
-        program.load()?;
-        let used = attach_one(program, iface, mode)?;
-        Ok((PassProgram { _ebpf: ebpf }, used))
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use keyhole_relay::xdp::{PassProgram, XdpMode};
+use keyhole_relay::xdp::{PassProgram, SinkProgram, XdpMode};
 use keyhole_tests_netns::{Netns, Proc, veth};
 
 pub const SECRET: &str = "xdp-test-secret";
@@ -28,6 +28,8 @@ pub struct Topology {
     // Native XDP on a veth only receives XDP_TX/redirected frames when its
     // own end runs an XDP program too.
     _pass: Vec<PassProgram>,
+    /// Replaces the peer's pass program when a benchmark counts there.
+    _sink: Option<SinkProgram>,
 }
 
 impl Topology {
@@ -69,7 +71,25 @@ impl Topology {
             relay,
             peer,
             _pass: pass,
+            _sink: None,
         })
+    }
+
+    /// Puts a counting, dropping sink on the peer's eth0 in place of its
+    /// pass program, so no receiving stack limits what is measured.
+    pub fn sink_at_peer(&mut self) -> anyhow::Result<()> {
+        // The pass programs went on in [client, peer] order.
+        self._pass.truncate(1);
+        let (sink, _) = self
+            .peer
+            .enter(|| SinkProgram::attach("eth0", XdpMode::Native))?;
+        self._sink = Some(sink);
+        Ok(())
+    }
+
+    /// The sink [`sink_at_peer`](Self::sink_at_peer) attached.
+    pub fn sink(&self) -> Option<&SinkProgram> {
+        self._sink.as_ref()
     }
 
     /// Starts keyhole-relay in the relay namespace with `--xdp-mode mode`.
