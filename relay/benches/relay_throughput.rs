@@ -12,10 +12,11 @@
 //! KEYHOLE_BENCH_VARIANTS (comma-separated subset of `xdp,userspace,coturn`).
 //!
 //! The relay host is modelled on one with a NIC, one core for the relay:
-//! - the relay's receive path (c0's NAPI, threaded) runs on the relay's
-//!   core for every variant, as a NIC queue's interrupt affinity would put
-//!   it; c0 always runs XDP (the fast path, or a pass-all program), as a
-//!   native-XDP driver would;
+//! - c0 always runs XDP (the fast path, or a pass-all program), as a
+//!   native-XDP driver would, and its NAPI is threaded: on the relay's core
+//!   for the fast path, which is that receive path; on the load's core for
+//!   userspace relays, whose core a saturating receive softirq would
+//!   otherwise livelock (so the XDP ratios are conservative);
 //! - load is generated on the other core with the kernel's XDP traffic
 //!   generator (BPF_PROG_TEST_RUN, live frames): page-pool frames land on
 //!   c0 as a NIC's would, with no sender socket or skb, so the generator
@@ -268,9 +269,9 @@ struct Generator {
 /// within milliseconds.
 const LIVE_CHUNK: u32 = 32_768;
 
-/// Sends the generator's frame out of the client's eth0
-/// until `stop`; returns frames generated (the relay's ring drops what it
-/// has no room for).
+/// Sends the generator's frame out of the client's eth0 until `stop`;
+/// returns frames generated (the relay's ring drops what it has no room
+/// for).
 fn blast_live(
     topo: &Topology,
     generator: &LiveFrameGenerator,

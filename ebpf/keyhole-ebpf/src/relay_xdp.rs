@@ -156,7 +156,7 @@ mod prog {
         // extension headers.
         let (udp_at, proto_at) = if ethertype == ETH_P_IP {
             (ETH_LEN + IP_LEN, ETH_LEN + 9)
-        } else if ethertype == [0x86, 0xdd] {
+        } else if ethertype == v6::ETH_P_IPV6 {
             (ETH_LEN + 40, ETH_LEN + 6)
         } else {
             return xdp_action::XDP_PASS;

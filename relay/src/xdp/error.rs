@@ -21,6 +21,8 @@ pub enum XdpError {
         #[source]
         source: ProgramError,
     },
+    #[error("a {len}-byte frame is shorter than the generator's {need}-byte header template")]
+    FrameTooShort { len: usize, need: usize },
     #[error("no interface given to attach XDP to")]
     NoInterface,
     #[error("reading per-CPU counters: {0}")]

@@ -199,16 +199,20 @@ pub(super) fn attach_one(
 impl FastPathCounters {
     /// Every counter, summed over CPUs.
     pub fn read(&self) -> Result<[u64; Counter::COUNT as usize], XdpError> {
-        let mut out = [0u64; Counter::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let values = self
-                .counters
-                .get(&(i as u32), 0)
-                .map_err(map_err(COUNTERS_MAP))?;
-            *slot = values.iter().sum();
-        }
-        Ok(out)
+        sum_per_cpu(&self.counters, COUNTERS_MAP)
     }
+}
+
+/// The first `N` slots of a per-CPU array, each summed over CPUs.
+pub(super) fn sum_per_cpu<const N: usize>(
+    map: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+) -> Result<[u64; N], XdpError> {
+    let mut out = [0u64; N];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = map.get(&(i as u32), 0).map_err(map_err(name))?.iter().sum();
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use keyhole_ebpf_common::relay::{
     PASS_PROGRAM, SINK_COUNTERS_MAP, SINK_PROGRAM, TX_PROGRAM, TX_TEMPLATE_MAP, TX_TEMPLATE_WORDS,
 };
 
-use super::fast_path::{attach_one, map_err};
+use super::fast_path::{attach_one, map_err, sum_per_cpu};
 use super::{RELAY_EBPF, XdpError, XdpMode};
 
 fn load(name: &'static str) -> Result<Ebpf, XdpError> {
@@ -80,15 +80,8 @@ impl SinkProgram {
 
     /// (datagrams, payload bytes) counted so far, summed over CPUs.
     pub fn read(&self) -> Result<(u64, u64), XdpError> {
-        let mut out = [0u64; 2];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let values = self
-                .counters
-                .get(&(i as u32), 0)
-                .map_err(map_err(SINK_COUNTERS_MAP))?;
-            *slot = values.iter().sum();
-        }
-        Ok((out[0], out[1]))
+        let [packets, bytes] = sum_per_cpu(&self.counters, SINK_COUNTERS_MAP)?;
+        Ok((packets, bytes))
     }
 }
 
@@ -148,11 +141,15 @@ impl LiveFrameGenerator {
     /// Loads the program for sending `frame` (Ethernet header included,
     /// at least the template's length).
     pub fn new(frame: Vec<u8>) -> Result<Self, XdpError> {
+        let need = TX_TEMPLATE_WORDS * 8;
+        if frame.len() < need {
+            return Err(XdpError::FrameTooShort {
+                len: frame.len(),
+                need,
+            });
+        }
         let mut ebpf = load(TX_PROGRAM)?;
         let mut template = [0u64; TX_TEMPLATE_WORDS];
-        if frame.len() < TX_TEMPLATE_WORDS * 8 {
-            return Err(XdpError::Missing("a frame as long as the template"));
-        }
         for (w, b) in template.iter_mut().zip(frame.chunks_exact(8)) {
             *w = u64::from_ne_bytes(b.try_into().expect("8 bytes"));
         }
