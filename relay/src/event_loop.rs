@@ -83,6 +83,9 @@ pub async fn run(
     let mut server = Server::new(config, ports, Instant::now(), unix_now);
     let mut tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut recv = batch::RecvBatch::default();
+    if let Err(e) = batch::enable_gro(listener.as_raw_fd()) {
+        tracing::info!(error = %e, "UDP GRO unavailable on the listener");
+    }
     let mut out = Outbox::default();
     let count_client = |data: &[u8]| {
         Stats::add(&stats.client_datagrams, 1);
@@ -91,8 +94,6 @@ pub async fn run(
         }
     };
     loop {
-        // Bytes of the peer datagram whose relaying the transmits below are.
-        let mut from_peer: Option<usize> = None;
         let deadline = server.poll_timeout();
         let sleep = tokio::time::sleep_until(deadline.map_or_else(
             || tokio::time::Instant::now() + std::time::Duration::from_secs(3600),
@@ -114,11 +115,9 @@ pub async fn run(
                             }
                         };
                         let now = Instant::now();
-                        for i in 0..n {
-                            if let Some((from, data)) = recv.get(i) {
-                                count_client(data);
-                                server.handle_input(now, from, Transport::Udp, data);
-                            }
+                        for (from, data) in recv.datagrams(n) {
+                            count_client(data);
+                            server.handle_input(now, from, Transport::Udp, data);
                         }
                         if n < batch::BATCH {
                             break;
@@ -128,74 +127,95 @@ pub async fn run(
                 Err(e) => tracing::debug!(error = %e, "listener readiness error"),
             },
             msg = inbound.recv() => {
-                let Some(msg) = msg else { anyhow::bail!("all inbound senders closed") };
+                let Some(mut msg) = msg else { anyhow::bail!("all inbound senders closed") };
                 let now = Instant::now();
-                match msg {
-                    Inbound::Peer { relay, peer, data } => {
-                        Stats::add(&stats.peer_datagrams, 1);
-                        from_peer = Some(data.len());
-                        server.handle_peer_input(now, relay, peer, &data);
+                // What else is queued goes in the same send batch.
+                for _ in 0..BATCH {
+                    match msg {
+                        Inbound::Peer { relay, peer, data } => {
+                            Stats::add(&stats.peer_datagrams, 1);
+                            server.handle_peer_input(now, relay, peer, &data);
+                            // Transmits now, while they are this datagram's.
+                            drain(&mut server, &mut fast, &mut out, &tcp, &stats, Some(data.len()));
+                        }
+                        Inbound::TcpOpened { client, tx } => { tcp.insert(client, tx); }
+                        Inbound::TcpFrame { client, frame } => server.handle_input(now, client, Transport::Tcp, &frame),
+                        Inbound::TcpClosed { client } => {
+                            tcp.remove(&client);
+                            server.handle_connection_closed(client);
+                        }
                     }
-                    Inbound::TcpOpened { client, tx } => { tcp.insert(client, tx); }
-                    Inbound::TcpFrame { client, frame } => server.handle_input(now, client, Transport::Tcp, &frame),
-                    Inbound::TcpClosed { client } => {
-                        tcp.remove(&client);
-                        server.handle_connection_closed(client);
-                    }
-                }
-            }
-        }
-        // Map updates first: a client may send ChannelData as soon as it
-        // reads the ChannelBind response, and it should take the fast path.
-        while let Some(e) = server.poll_event() {
-            log_event(&e);
-            fast.on_event(&e, &stats);
-        }
-        while let Some(t) = server.poll_transmit() {
-            match &t {
-                Transmit::ToPeer { payload, .. } => {
-                    Stats::add(&stats.to_peer_packets, 1);
-                    Stats::add(&stats.to_peer_bytes, payload.len() as u64);
-                }
-                Transmit::ToClient { .. } => {
-                    if let Some(n) = from_peer {
-                        Stats::add(&stats.to_client_packets, 1);
-                        Stats::add(&stats.to_client_bytes, n as u64);
-                    }
-                }
-            }
-            match t {
-                Transmit::ToClient {
-                    client,
-                    transport: Transport::Udp,
-                    payload,
-                } => out.push(None, client, payload),
-                Transmit::ToClient {
-                    client,
-                    transport: Transport::Tcp,
-                    payload,
-                } => {
-                    if let Some(tx) = tcp.get(&client) {
-                        // A full queue means a stalled reader: drop, like UDP would.
-                        let _ = tx.try_send(payload);
-                    }
-                }
-                Transmit::ToPeer {
-                    relay,
-                    peer,
-                    payload,
-                } => {
-                    if let Some(socket) = server.ports().socket(relay) {
-                        out.push(Some(socket.clone()), peer, payload);
+                    match inbound.try_recv() {
+                        Ok(next) => msg = next,
+                        Err(_) => break,
                     }
                 }
             }
         }
+        drain(&mut server, &mut fast, &mut out, &tcp, &stats, None);
         out.flush(&listener).await;
         stats.allocations.store(
             server.allocation_count() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+}
+
+/// Applies the core's events to the fast path, then queues its transmits.
+/// `from_peer`: the size of the peer datagram the transmits relay, if any.
+fn drain(
+    server: &mut Server<SocketPorts>,
+    fast: &mut FastPathSync,
+    out: &mut Outbox,
+    tcp: &HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    stats: &Stats,
+    from_peer: Option<usize>,
+) {
+    // Map updates first: a client may send ChannelData as soon as it
+    // reads the ChannelBind response, and it should take the fast path.
+    while let Some(e) = server.poll_event() {
+        log_event(&e);
+        fast.on_event(&e, stats);
+    }
+    while let Some(t) = server.poll_transmit() {
+        match &t {
+            Transmit::ToPeer { payload, .. } => {
+                Stats::add(&stats.to_peer_packets, 1);
+                Stats::add(&stats.to_peer_bytes, payload.len() as u64);
+            }
+            Transmit::ToClient { .. } => {
+                if let Some(n) = from_peer {
+                    Stats::add(&stats.to_client_packets, 1);
+                    Stats::add(&stats.to_client_bytes, n as u64);
+                }
+            }
+        }
+        match t {
+            Transmit::ToClient {
+                client,
+                transport: Transport::Udp,
+                payload,
+            } => out.push(None, client, payload),
+            Transmit::ToClient {
+                client,
+                transport: Transport::Tcp,
+                payload,
+            } => {
+                if let Some(tx) = tcp.get(&client) {
+                    // A full queue means a stalled reader: drop, like UDP would.
+                    let _ = tx.try_send(payload);
+                }
+            }
+            Transmit::ToPeer {
+                relay,
+                peer,
+                payload,
+            } => {
+                if let Some(socket) = server.ports().socket(relay) {
+                    out.push(Some(socket.clone()), peer, payload);
+                }
+            }
+        }
     }
 }
 
