@@ -269,6 +269,13 @@ struct Generator {
 /// within milliseconds.
 const LIVE_CHUNK: u32 = 32_768;
 
+/// Veth ends in the client namespace that carry nothing, one per sender:
+/// the live-frame programs stay attached there between runs (see
+/// `LiveFrameGenerator::park`).
+fn park_iface(sender: usize) -> String {
+    format!("park{sender}")
+}
+
 /// Sends the generator's frame out of the client's eth0 until `stop`;
 /// returns frames generated (the relay's ring drops what it has no room
 /// for).
@@ -329,8 +336,13 @@ fn measure(
     let live: Vec<LiveFrameGenerator> = if generator.kind == GenKind::Xdp {
         frames
             .iter()
-            .map(|f| LiveFrameGenerator::new(f.clone()))
-            .collect::<Result<_, _>>()?
+            .enumerate()
+            .map(|(k, f)| {
+                let mut g = LiveFrameGenerator::new(f.clone())?;
+                topo.client.enter(|| g.park(&park_iface(k)))?;
+                Ok(g)
+            })
+            .collect::<anyhow::Result<_>>()?
     } else {
         Vec::new()
     };
@@ -481,6 +493,19 @@ fn main() -> anyhow::Result<()> {
     let senders = env_or("KEYHOLE_BENCH_SENDERS", 2) as usize;
     let mut topo = Topology::new()?;
     topo.sink_at_peer()?;
+    for k in (0..senders).step_by(2) {
+        let (a, b) = (park_iface(k), park_iface(k + 1));
+        topo.client.ip([
+            "link",
+            "add",
+            a.as_str(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b.as_str(),
+        ])?;
+    }
     // Senders on CPU 0, the relay on CPU 1: each userspace relay gets one
     // whole core whatever its threading, and the senders cannot starve it.
     let pin = std::env::var("KEYHOLE_BENCH_PIN").map_or(true, |p| p != "0")
