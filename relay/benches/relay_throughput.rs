@@ -9,7 +9,8 @@
 //! KEYHOLE_BENCH_GEN (`xdp`, the default: the kernel's live-frame XDP
 //! generator; `raw`: prebuilt frames on AF_PACKET; `udp`: UDP sockets),
 //! KEYHOLE_BENCH_PIN (1: load on CPU 0, relay on CPU 1; 0: no pinning),
-//! KEYHOLE_BENCH_VARIANTS (comma-separated subset of `xdp,userspace,coturn`).
+//! KEYHOLE_BENCH_VARIANTS (comma-separated subset of `xdp,userspace,coturn`,
+//! the default, plus `userspace-plain`: userspace with `--no-udp-offload`).
 //!
 //! The relay host is modelled on one with a NIC, one core for the relay:
 //! - c0 always runs XDP (the fast path, or a pass-all program), as a
@@ -59,6 +60,8 @@ fn env_or(name: &str, default: u64) -> u64 {
 enum Variant {
     Xdp,
     Userspace,
+    /// Userspace without UDP GSO/GRO: only on request, to show their share.
+    UserspacePlain,
     Coturn,
 }
 
@@ -67,6 +70,7 @@ impl Variant {
         match self {
             Variant::Xdp => "keyhole-relay XDP",
             Variant::Userspace => "keyhole-relay userspace",
+            Variant::UserspacePlain => "keyhole-relay userspace, no UDP offload",
             Variant::Coturn => "coturn turnserver",
         }
     }
@@ -539,8 +543,11 @@ fn main() -> anyhow::Result<()> {
             .map(|v| match v.trim() {
                 "xdp" => Ok(Variant::Xdp),
                 "userspace" => Ok(Variant::Userspace),
+                "userspace-plain" => Ok(Variant::UserspacePlain),
                 "coturn" => Ok(Variant::Coturn),
-                other => anyhow::bail!("unknown variant {other}: want xdp, userspace, coturn"),
+                other => anyhow::bail!(
+                    "unknown variant {other}: want xdp, userspace, userspace-plain, coturn"
+                ),
             })
             .collect::<anyhow::Result<_>>()?,
         Err(_) => vec![Variant::Xdp, Variant::Userspace, Variant::Coturn],
@@ -570,6 +577,9 @@ fn main() -> anyhow::Result<()> {
             let mut relay = match variant {
                 Variant::Xdp => topo.start_keyhole_on("native", relay_cpu)?,
                 Variant::Userspace => topo.start_keyhole_on("off", relay_cpu)?,
+                Variant::UserspacePlain => {
+                    topo.start_keyhole_with("off", relay_cpu, &["--no-udp-offload"])?
+                }
                 Variant::Coturn => topo.start_coturn(relay_cpu)?,
             };
             if let Some(cpu) = relay_cpu {
@@ -605,7 +615,7 @@ fn main() -> anyhow::Result<()> {
             let payload_bits = s.bytes as f64 * 8.0 / s.secs;
             let busy = s.relay_cpu_busy.unwrap_or(f64::NAN);
             println!(
-                "  round {round} {:<24} sent {:>10.0} pkt/s  relayed {:>10.0} pkt/s  {:>8.1} Mbit/s  relay CPU {:>5.1} %  {:>10.0} pkt per relay-CPU-second",
+                "  round {round} {:<38} sent {:>10.0} pkt/s  relayed {:>10.0} pkt/s  {:>8.1} Mbit/s  relay CPU {:>5.1} %  {:>10.0} pkt per relay-CPU-second",
                 variant.name(),
                 s.sent as f64 / s.secs,
                 p,
@@ -639,7 +649,7 @@ fn main() -> anyhow::Result<()> {
         let p = median(pps.clone());
         let eff = median(per_cpu.clone());
         println!(
-            "  {:<24} {:>10.0} pkt/s  {:>8.1} Mbit/s  (offered {:>10.0} pkt/s)  {:>5.2}× coturn  |  {:>10.0} pkt per relay-CPU-second  {:>5.2}× coturn",
+            "  {:<38} {:>10.0} pkt/s  {:>8.1} Mbit/s  (offered {:>10.0} pkt/s)  {:>5.2}× coturn  |  {:>10.0} pkt per relay-CPU-second  {:>5.2}× coturn",
             variant.name(),
             p,
             median(mbps.clone()),

@@ -27,6 +27,11 @@ const CONTROL_WORDS: usize = 4;
 /// kernel refuses it as unsupported.
 static GSO: AtomicBool = AtomicBool::new(true);
 
+/// Sends datagram by datagram from now on.
+pub fn disable_gso() {
+    GSO.store(false, Ordering::Relaxed);
+}
+
 /// Asks the kernel to coalesce runs of datagrams from one sender (UDP GRO);
 /// [`RecvBatch::datagrams`] splits them again. An error leaves the socket
 /// as it was: datagrams then arrive one by one.

@@ -77,6 +77,10 @@ pub struct Args {
     /// Do not listen on TCP.
     #[arg(long = "no-tcp")]
     pub no_tcp: bool,
+    /// Send and receive UDP datagram by datagram: no UDP GSO for runs of
+    /// equal-size datagrams to one destination, no UDP GRO on the listener.
+    #[arg(long = "no-udp-offload", env = "KEYHOLE_RELAY_NO_UDP_OFFLOAD")]
+    pub no_udp_offload: bool,
     /// Interface(s) to attach the XDP ChannelData fast path to (those
     /// client and peer traffic arrive on). None: userspace only.
     #[arg(

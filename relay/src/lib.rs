@@ -207,5 +207,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "keyhole-relay listening"
     );
     let fast = event_loop::FastPathSync { fast_path, mirror };
-    event_loop::run(config, listener, ports, rx, stats, fast).await
+    if args.no_udp_offload {
+        batch::disable_gso();
+    }
+    let gro = !args.no_udp_offload;
+    event_loop::run(config, listener, gro, ports, rx, stats, fast).await
 }

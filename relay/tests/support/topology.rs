@@ -99,29 +99,37 @@ impl Topology {
 
     /// As [`start_keyhole`](Self::start_keyhole), pinned to `cpu` if given.
     pub fn start_keyhole_on(&self, mode: &str, cpu: Option<usize>) -> anyhow::Result<Proc> {
-        let relay = self.spawn_on(
-            cpu,
-            env!("CARGO_BIN_EXE_keyhole-relay"),
-            &[
-                "--listen",
-                LISTEN,
-                "--static-auth-secret",
-                SECRET,
-                "--realm",
-                REALM,
-                "--min-port",
-                "50000",
-                "--max-port",
-                "50999",
-                "--no-tcp",
-                "--xdp-iface",
-                "c0,p0",
-                "--xdp-mode",
-                mode,
-                "--metrics-listen",
-                METRICS,
-            ],
-        )?;
+        self.start_keyhole_with(mode, cpu, &[])
+    }
+
+    /// As [`start_keyhole_on`](Self::start_keyhole_on), with `extra` options.
+    pub fn start_keyhole_with(
+        &self,
+        mode: &str,
+        cpu: Option<usize>,
+        extra: &[&str],
+    ) -> anyhow::Result<Proc> {
+        let mut args = vec![
+            "--listen",
+            LISTEN,
+            "--static-auth-secret",
+            SECRET,
+            "--realm",
+            REALM,
+            "--min-port",
+            "50000",
+            "--max-port",
+            "50999",
+            "--no-tcp",
+            "--xdp-iface",
+            "c0,p0",
+            "--xdp-mode",
+            mode,
+            "--metrics-listen",
+            METRICS,
+        ];
+        args.extend_from_slice(extra);
+        let relay = self.spawn_on(cpu, env!("CARGO_BIN_EXE_keyhole-relay"), &args)?;
         relay
             .wait_for_output("keyhole-relay listening", Duration::from_secs(10))
             .with_context(|| relay.output_so_far())?;
