@@ -43,6 +43,7 @@ mod prog {
         maps::{Array, HashMap, PerCpuArray},
         programs::XdpContext,
     };
+    use core::mem::MaybeUninit;
     use keyhole_ebpf_common::relay::{
         Counter, DEFAULT_MAX_CHANNELS, RelayConfig, TX_TEMPLATE_WORDS, ToClientKeyV4,
         ToClientKeyV6, ToClientV4, ToClientV6, ToPeerKeyV4, ToPeerKeyV6, ToPeerV4, ToPeerV6, csum,
@@ -278,6 +279,29 @@ mod prog {
         }
     }
 
+    /// Zeroes lookup parameters in place, a word at a time: zeroed(), or a
+    /// zeroed value moved into place, becomes a call to a byte-by-byte
+    /// memset subprogram, measured at 3 % of the fast path's CPU time.
+    #[inline(always)]
+    fn fib_params(p: &mut FibParams) -> &mut bpf_fib_lookup {
+        const WORDS: usize = core::mem::size_of::<bpf_fib_lookup>() / 8;
+        let w = p.0.as_mut_ptr() as *mut u64;
+        for i in 0..WORDS {
+            // SAFETY: i < WORDS, inside p; volatile so that LLVM keeps the
+            // stores instead of turning them back into a memset call.
+            unsafe { core::ptr::write_volatile(w.add(i), 0) };
+        }
+        // SAFETY: a plain C struct of integers, every byte now zero (its
+        // size is a multiple of 8: checked below).
+        unsafe { p.0.assume_init_mut() }
+    }
+
+    /// Lookup parameters on an 8-byte boundary, for 8-byte stores (the
+    /// verifier refuses misaligned stack access).
+    #[repr(C, align(8))]
+    struct FibParams(MaybeUninit<bpf_fib_lookup>);
+    const _: () = assert!(core::mem::size_of::<bpf_fib_lookup>() % 8 == 0);
+
     /// Where a rewritten datagram leaves.
     struct Egress {
         ifindex: u32,
@@ -287,8 +311,8 @@ mod prog {
 
     #[inline(always)]
     fn route(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], total: u16) -> Result<Egress, Counter> {
-        // SAFETY: a plain C struct of integers; all zeroes is its default.
-        let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+        let mut params = FibParams(MaybeUninit::uninit());
+        let p = fib_params(&mut params);
         p.family = AF_INET;
         p.l4_protocol = IPPROTO_UDP;
         p.__bindgen_anon_1.tot_len = total;
@@ -299,7 +323,7 @@ mod prog {
         let rc = unsafe {
             fib_lookup(
                 ctx.ctx as *mut _,
-                &mut p,
+                p,
                 core::mem::size_of::<bpf_fib_lookup>() as i32,
                 0,
             )
@@ -662,8 +686,8 @@ mod prog {
 
         #[inline(always)]
         fn route(ctx: &XdpContext, src: &Addr, dst: &Addr, total: u16) -> Result<Egress, Counter> {
-            // SAFETY: a plain C struct of integers; all zeroes is its default.
-            let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+            let mut params = FibParams(MaybeUninit::uninit());
+            let p = super::fib_params(&mut params);
             p.family = AF_INET6;
             p.l4_protocol = IPPROTO_UDP;
             p.__bindgen_anon_1.tot_len = total;
@@ -674,7 +698,7 @@ mod prog {
             let rc = unsafe {
                 fib_lookup(
                     ctx.ctx as *mut _,
-                    &mut p,
+                    p,
                     core::mem::size_of::<bpf_fib_lookup>() as i32,
                     0,
                 )
