@@ -197,8 +197,10 @@ pub const BENCHES: &[Bench] = &[
                 the peer counts and drops with XDP (relay/benches/relay_throughput.rs). \
                 Relay on CPU 1; load and sink on CPU 0, which also runs a userspace \
                 relay's socket receive path (the fast path's receive runs on CPU 1), so \
-                the XDP ratios are conservative. Packets/s is capped by what CPU 0 can \
-                offer; packets per relay CPU-second is not. Rounds interleave the variants.",
+                the XDP ratios are conservative. The generator offers more than any \
+                relay takes, so the relay's core is the limit. Keyhole's userspace path \
+                uses UDP GSO/GRO, which these equal-size datagrams suit best; coturn \
+                does not. Rounds interleave the variants.",
         rows: &[
             Row {
                 anchor: Some("coturn turnserver"),
