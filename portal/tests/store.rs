@@ -604,6 +604,12 @@ async fn store_on_sqlite() {
     let s = Store::open_sqlite(&dir).await.unwrap();
     assert_eq!(s.backend(), Backend::Sqlite);
     assert!(dir.join(SQLITE_FILE).is_file());
+    // Write-ahead logging: commits append to the -wal file, no rollback
+    // journal with an fsync per commit.
+    assert!(
+        dir.join(format!("{SQLITE_FILE}-wal")).is_file(),
+        "SQLite is not in WAL mode"
+    );
     s.close().await;
     let d = dir.clone();
     run_all(async |name| format!("sqlite://{}/{name}.db?mode=rwc", d.display())).await;

@@ -32,7 +32,7 @@ use std::{path::Path, str::FromStr};
 
 use chrono::{DateTime, Utc};
 use sqlx::{
-    AnyPool,
+    AnyPool, Executor as _,
     any::{AnyConnectOptions, AnyPoolOptions},
     migrate::Migrator,
 };
@@ -105,10 +105,22 @@ impl Store {
             Backend::Sqlite => 1,
             Backend::Postgres => 16,
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max)
-            .connect_with(options)
-            .await?;
+        let mut pool_options = AnyPoolOptions::new().max_connections(max);
+        if backend == Backend::Sqlite {
+            // sqlx leaves SQLite in its defaults: a rollback journal with
+            // synchronous=FULL, several fsyncs per commit (the flow log
+            // commits many times a second). WAL with synchronous=NORMAL
+            // fsyncs only at checkpoints and stays consistent after a crash;
+            // a power loss can lose the last commits, not the database.
+            pool_options = pool_options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool_options.connect_with(options).await?;
         let migrator = match backend {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
