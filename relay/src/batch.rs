@@ -53,7 +53,8 @@ pub fn enable_gro(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+/// `addr` as a sockaddr for the kernel, with its length.
+pub(crate) fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: all-zero sockaddr_storage is valid; we write a sockaddr_in or
     // sockaddr_in6 into it, both smaller than the storage.
     unsafe {
@@ -180,7 +181,8 @@ impl RecvBatch {
     /// messages, GRO runs split back into their datagrams.
     pub fn datagrams(&self, n: usize) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         (0..n.min(BATCH)).flat_map(move |i| {
-            let from = from_storage(&self.addrs[i]);
+            // A dual-stack listener's IPv4 clients in their own family.
+            let from = from_storage(&self.addrs[i]).map(crate::listen::unmap);
             let data = &self.bufs[i][..self.lens[i]];
             // Every datagram of a run has the segment size but the last.
             let stride = match self.segments[i] {

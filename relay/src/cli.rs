@@ -11,8 +11,10 @@ use crate::xdp::XdpMode;
 #[derive(Debug, Parser)]
 #[command(name = "keyhole-relay", version)]
 pub struct Args {
-    /// UDP and TCP address to listen on.
-    #[arg(long, env = "KEYHOLE_RELAY_LISTEN", default_value = "0.0.0.0:3478")]
+    /// UDP and TCP address to listen on. The IPv6 wildcard (the default)
+    /// takes IPv4 clients too; on a host without IPv6 it falls back to
+    /// 0.0.0.0.
+    #[arg(long, env = "KEYHOLE_RELAY_LISTEN", default_value = "[::]:3478")]
     pub listen: SocketAddr,
     /// Public address(es) put in XOR-RELAYED-ADDRESS, at most one per family.
     /// Defaults to the listen address, or the outbound address if that is unspecified.

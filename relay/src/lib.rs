@@ -4,6 +4,7 @@
 mod batch;
 pub mod cli;
 mod event_loop;
+mod listen;
 pub mod metrics;
 pub mod portal;
 mod ports;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use keyhole_stun::server::ServerConfig;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 
 use cli::Args;
 use metrics::MetricsSource;
@@ -52,11 +53,24 @@ fn public_ips(args: &Args) -> anyhow::Result<(Option<Ipv4Addr>, Option<Ipv6Addr>
     if public.is_empty() {
         let listen = args.listen.ip();
         if listen.is_unspecified() {
-            let ip = outbound_ip(listen.is_ipv6()).context(
-                "listening on an unspecified address and no route to guess the public IP from: pass --public-ip",
-            )?;
-            tracing::warn!(%ip, "no --public-ip given, using the outbound address");
-            public.push(ip);
+            // The IPv6 wildcard is dual-stack: a relayed address per family
+            // this host has a route for.
+            let families: &[bool] = if listen.is_ipv6() {
+                &[false, true]
+            } else {
+                &[false]
+            };
+            for &v6 in families {
+                if let Some(ip) = outbound_ip(v6) {
+                    tracing::warn!(%ip, "no --public-ip given, using the outbound address");
+                    public.push(ip);
+                }
+            }
+            if public.is_empty() {
+                bail!(
+                    "listening on an unspecified address and no route to guess the public IP from: pass --public-ip"
+                );
+            }
         } else {
             public.push(listen);
         }
@@ -137,8 +151,11 @@ fn start_fast_path(args: &Args) -> Option<(FastPath, FastPathCounters)> {
 }
 
 /// Runs the relay until a fatal error.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
+    let (listener, listen) = listen::bind_udp_or_v4(args.listen)
+        .with_context(|| format!("binding UDP {}", args.listen))?;
+    args.listen = listen;
     let secret = match (&args.portal_url, &args.static_auth_secret) {
         (Some(url), _) => {
             let Some(token) = args.token.clone() else {
@@ -160,13 +177,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => bail!("pass --portal-url (with KEYHOLE_TOKEN) or --static-auth-secret"),
     };
     let config = config(&args, &secret)?;
-    let listener = UdpSocket::bind(args.listen)
-        .await
-        .with_context(|| format!("binding UDP {}", args.listen))?;
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     if !args.no_tcp {
-        let tcp = TcpListener::bind(args.listen)
-            .await
+        let tcp = listen::bind_tcp(args.listen)
             .with_context(|| format!("binding TCP {}", args.listen))?;
         tokio::spawn(tcp::accept(tcp, tx.clone()));
     }

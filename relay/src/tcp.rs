@@ -16,6 +16,7 @@ pub async fn accept(listener: TcpListener, inbound: mpsc::Sender<Inbound>) {
     loop {
         match listener.accept().await {
             Ok((stream, client)) => {
+                let client = crate::listen::unmap(client);
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(connection(stream, client, inbound.clone()));
             }

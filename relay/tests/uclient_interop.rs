@@ -60,6 +60,12 @@ struct Setup {
 }
 
 fn setup(port_base: u16) -> Setup {
+    setup_on(port_base, "127.0.0.1", &[])
+}
+
+/// keyhole-relay listening on `listen_ip` (with `extra` options) and a
+/// turnutils_peer on 127.0.0.1.
+fn setup_on(port_base: u16, listen_ip: &str, extra: &[&str]) -> Setup {
     let relay_port = free_udp_port();
     let peer_port = free_udp_port();
     let peer = Command::new("turnutils_peer")
@@ -71,7 +77,7 @@ fn setup(port_base: u16) -> Setup {
     let relay = Command::new(env!("CARGO_BIN_EXE_keyhole-relay"))
         .args([
             "--listen",
-            &format!("127.0.0.1:{relay_port}"),
+            &format!("{listen_ip}:{relay_port}"),
             "--realm",
             REALM,
             "--static-auth-secret",
@@ -82,6 +88,7 @@ fn setup(port_base: u16) -> Setup {
             &(port_base + 199).to_string(),
             "--allow-loopback-peers",
         ])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("spawn keyhole-relay");
@@ -160,6 +167,19 @@ fn uclient_udp_send_indications() {
     }
     let s = setup(41200);
     assert_no_loss(&s, &["-s"]);
+}
+
+/// The IPv6 wildcard listener takes IPv4 clients, over UDP and TCP, and
+/// treats them as IPv4 (Binding answers with their IPv4 address, checked in
+/// `wait_for_binding`).
+#[test]
+fn uclient_through_a_dual_stack_listener() {
+    if !have_coturn() {
+        return;
+    }
+    let s = setup_on(41800, "[::]", &["--public-ip", "127.0.0.1"]);
+    assert_no_loss(&s, &[]);
+    assert_no_loss(&s, &["-t"]);
 }
 
 #[test]
