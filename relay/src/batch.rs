@@ -36,14 +36,23 @@ pub fn disable_gso() {
 /// [`RecvBatch::datagrams`] splits them again. An error leaves the socket
 /// as it was: datagrams then arrive one by one.
 pub fn enable_gro(fd: RawFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
+    set_int_option(fd, libc::SOL_UDP, libc::UDP_GRO, 1)
+}
+
+/// setsockopt of an int-valued option.
+pub(crate) fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: setsockopt with a correctly sized int.
     let r = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&one as *const libc::c_int).cast(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -355,17 +364,13 @@ mod tests {
     fn round_trip(payloads: &[Vec<u8>], gro: bool) -> (Vec<Vec<u8>>, usize) {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         // Room for every datagram at once: nothing reads while they arrive.
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: setsockopt with a correctly sized int.
-        unsafe {
-            libc::setsockopt(
-                rx.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        set_int_option(
+            rx.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            8 << 20,
+        )
+        .unwrap();
         if gro {
             enable_gro(rx.as_raw_fd()).unwrap();
         }

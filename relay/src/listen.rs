@@ -20,21 +20,7 @@ pub fn unmap(addr: SocketAddr) -> SocketAddr {
 /// Clears IPV6_V6ONLY so an IPv6 wildcard takes IPv4 too, whatever the
 /// host's `net.ipv6.bindv6only` default.
 fn dual_stack(fd: RawFd) -> io::Result<()> {
-    let zero: libc::c_int = 0;
-    // SAFETY: setsockopt with a correctly sized int.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_IPV6,
-            libc::IPV6_V6ONLY,
-            (&zero as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::batch::set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)
 }
 
 fn is_v6_wildcard(addr: SocketAddr) -> bool {

@@ -419,35 +419,8 @@ mod ipv6 {
     }
 
     fn start(topo: &Topology, mode: &str) -> keyhole_tests_netns::Proc {
-        let relay = topo
-            .relay
-            .spawn(
-                env!("CARGO_BIN_EXE_keyhole-relay"),
-                [
-                    "--listen",
-                    LISTEN6,
-                    "--static-auth-secret",
-                    SECRET,
-                    "--realm",
-                    REALM,
-                    "--min-port",
-                    "50000",
-                    "--max-port",
-                    "50999",
-                    "--no-tcp",
-                    "--xdp-iface",
-                    "c0,p0",
-                    "--xdp-mode",
-                    mode,
-                    "--metrics-listen",
-                    METRICS,
-                ],
-            )
-            .expect("relay");
-        relay
-            .wait_for_output("keyhole-relay listening", Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{e}: {}", relay.output_so_far()));
-        relay
+        topo.start_keyhole_listening(LISTEN6, mode, None, &[])
+            .expect("relay")
     }
 
     /// A minimal TURN client that asks for an IPv6 relayed address

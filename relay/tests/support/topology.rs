@@ -109,9 +109,21 @@ impl Topology {
         cpu: Option<usize>,
         extra: &[&str],
     ) -> anyhow::Result<Proc> {
+        self.start_keyhole_listening(LISTEN, mode, cpu, extra)
+    }
+
+    /// As [`start_keyhole_with`](Self::start_keyhole_with), listening on
+    /// `listen`.
+    pub fn start_keyhole_listening(
+        &self,
+        listen: &str,
+        mode: &str,
+        cpu: Option<usize>,
+        extra: &[&str],
+    ) -> anyhow::Result<Proc> {
         let mut args = vec![
             "--listen",
-            LISTEN,
+            listen,
             "--static-auth-secret",
             SECRET,
             "--realm",
