@@ -9,7 +9,9 @@
 //! KEYHOLE_BENCH_GEN (`xdp`, the default: the kernel's live-frame XDP
 //! generator; `raw`: prebuilt frames on AF_PACKET; `udp`: UDP sockets),
 //! KEYHOLE_BENCH_PIN (1: load on CPU 0, relay on CPU 1; 0: no pinning),
-//! KEYHOLE_BENCH_VARIANTS (comma-separated subset of `xdp,userspace,coturn`,
+//! KEYHOLE_BENCH_DIRECTION (`to-peer`, the default, or `to-client`: peers'
+//! plain datagrams that the relay sends on as ChannelData; xdp generator
+//! only), KEYHOLE_BENCH_VARIANTS (comma-separated subset of `xdp,userspace,coturn`,
 //! the default, plus `userspace-plain`: userspace with `--no-udp-offload`).
 //!
 //! The relay host is modelled on one with a NIC, one core for the relay:
@@ -100,14 +102,15 @@ fn mac(ns: &keyhole_tests_netns::Netns, dev: &str) -> anyhow::Result<[u8; 6]> {
     Ok(m)
 }
 
-/// The Ethernet frame the kernel would send for `client`'s ChannelData,
-/// with full IPv4 and UDP checksums.
+/// The Ethernet frame the kernel would send for a client's ChannelData on
+/// `channel` (or, without one, a peer's plain datagram), with full IPv4 and
+/// UDP checksums.
 fn frame(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
     from: SocketAddr,
     to: SocketAddr,
-    channel: u16,
+    channel: Option<u16>,
     size: usize,
 ) -> anyhow::Result<Vec<u8>> {
     use keyhole_ebpf_common::relay::csum;
@@ -115,11 +118,14 @@ fn frame(
         anyhow::bail!("IPv4 only");
     };
     let data = vec![0xabu8; size];
-    let payload = ChannelData {
-        channel,
-        data: &data,
-    }
-    .encode(false)?;
+    let payload = match channel {
+        Some(channel) => ChannelData {
+            channel,
+            data: &data,
+        }
+        .encode(false)?,
+        None => data,
+    };
     let udp_len = (8 + payload.len()) as u16;
     let total = 20 + udp_len;
     let mut f = Vec::with_capacity(14 + total as usize);
@@ -264,9 +270,25 @@ enum GenKind {
 /// How the load is generated.
 struct Generator {
     kind: GenKind,
-    client_mac: [u8; 6],
-    relay_mac: [u8; 6],
+    /// Peer → client (the relay adds ChannelData headers) instead of
+    /// client → peer.
+    to_client: bool,
+    /// The sending eth0's MAC and the relay's on that link.
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    /// The sending eth0's index.
     ifindex: i32,
+}
+
+impl Generator {
+    /// The namespace the load leaves from.
+    fn ns<'t>(&self, topo: &'t Topology) -> &'t keyhole_tests_netns::Netns {
+        if self.to_client {
+            &topo.peer
+        } else {
+            &topo.client
+        }
+    }
 }
 
 /// Frames one live-frame test run sends; small enough that `stop` is seen
@@ -284,12 +306,12 @@ fn park_iface(sender: usize) -> String {
 /// returns frames generated (the relay's ring drops what it has no room
 /// for).
 fn blast_live(
-    topo: &Topology,
+    ns: &keyhole_tests_netns::Netns,
     generator: &LiveFrameGenerator,
     ifindex: u32,
     stop: &AtomicBool,
 ) -> u64 {
-    topo.client.enter(|| {
+    ns.enter(|| {
         pin_current_thread();
         let mut sent = 0u64;
         while !stop.load(Ordering::Relaxed) {
@@ -327,14 +349,26 @@ fn measure(
         .iter()
         .enumerate()
         .map(|(k, c)| {
-            frame(
-                generator.client_mac,
-                generator.relay_mac,
-                c.socket.local_addr()?,
-                server,
-                0x4000 + k as u16,
-                size,
-            )
+            if generator.to_client {
+                let peer = format!("{PEER_IP}:{}", PEER_BASE_PORT + k as u16).parse()?;
+                frame(
+                    generator.src_mac,
+                    generator.dst_mac,
+                    peer,
+                    c.relayed,
+                    None,
+                    size,
+                )
+            } else {
+                frame(
+                    generator.src_mac,
+                    generator.dst_mac,
+                    c.socket.local_addr()?,
+                    server,
+                    Some(0x4000 + k as u16),
+                    size,
+                )
+            }
         })
         .collect::<anyhow::Result<_>>()?;
     let live: Vec<LiveFrameGenerator> = if generator.kind == GenKind::Xdp {
@@ -343,7 +377,7 @@ fn measure(
             .enumerate()
             .map(|(k, f)| {
                 let mut g = LiveFrameGenerator::new(f.clone())?;
-                topo.client.enter(|| g.park(&park_iface(k)))?;
+                generator.ns(topo).enter(|| g.park(&park_iface(k)))?;
                 Ok(g)
             })
             .collect::<anyhow::Result<_>>()?
@@ -372,7 +406,8 @@ fn measure(
                 match generator.kind {
                     GenKind::Xdp => {
                         let live = &live[k];
-                        s.spawn(move || blast_live(topo, live, ifindex, &stop))
+                        let ns = generator.ns(topo);
+                        s.spawn(move || blast_live(ns, live, ifindex, &stop))
                     }
                     GenKind::Raw => {
                         let (fd, f) = (sockets[k].as_raw_fd(), &frames[k]);
@@ -495,11 +530,31 @@ fn main() -> anyhow::Result<()> {
     let secs = env_or("KEYHOLE_BENCH_SECS", 3);
     let size = env_or("KEYHOLE_BENCH_SIZE", 1200) as usize;
     let senders = env_or("KEYHOLE_BENCH_SENDERS", 2) as usize;
+    let to_client = match std::env::var("KEYHOLE_BENCH_DIRECTION").as_deref() {
+        Ok("to-peer") | Err(_) => false,
+        Ok("to-client") => true,
+        Ok(other) => anyhow::bail!("KEYHOLE_BENCH_DIRECTION={other}: want to-peer or to-client"),
+    };
+    // The relay's NIC the load arrives on, and the one it leaves by.
+    let (rx_dev, src_ns_is_peer) = if to_client {
+        ("p0", true)
+    } else {
+        ("c0", false)
+    };
     let mut topo = Topology::new()?;
-    topo.sink_at_peer()?;
+    if to_client {
+        topo.sink_at_client()?;
+    } else {
+        topo.sink_at_peer()?;
+    }
+    let src_ns = if src_ns_is_peer {
+        &topo.peer
+    } else {
+        &topo.client
+    };
     for k in (0..senders).step_by(2) {
         let (a, b) = (park_iface(k), park_iface(k + 1));
-        topo.client.ip([
+        src_ns.ip([
             "link",
             "add",
             a.as_str(),
@@ -522,9 +577,12 @@ fn main() -> anyhow::Result<()> {
         Ok("xdp") | Err(_) => GenKind::Xdp,
         Ok(other) => anyhow::bail!("KEYHOLE_BENCH_GEN={other}: want xdp, raw or udp"),
     };
+    anyhow::ensure!(
+        !to_client || kind == GenKind::Xdp,
+        "KEYHOLE_BENCH_DIRECTION=to-client needs the xdp generator"
+    );
     // `ip -o link` lines start with "IFINDEX: NAME".
-    let ifindex: i32 = topo
-        .client
+    let ifindex: i32 = src_ns
         .ip(["-o", "link", "show", "eth0"])?
         .split(':')
         .next()
@@ -533,8 +591,9 @@ fn main() -> anyhow::Result<()> {
         .parse()?;
     let generator = Generator {
         kind,
-        client_mac: mac(&topo.client, "eth0")?,
-        relay_mac: mac(&topo.relay, "c0")?,
+        to_client,
+        src_mac: mac(src_ns, "eth0")?,
+        dst_mac: mac(&topo.relay, rx_dev)?,
         ifindex,
     };
     let variants: Vec<Variant> = match std::env::var("KEYHOLE_BENCH_VARIANTS") {
@@ -557,7 +616,12 @@ fn main() -> anyhow::Result<()> {
         .map(|v| (*v, Vec::new(), Vec::new(), Vec::new(), Vec::new()))
         .collect();
     println!(
-        "relayed ChannelData client → peer, payload {size} B, {senders} senders ({}), {secs} s × {rounds} rounds",
+        "relayed {}, payload {size} B, {senders} senders ({}), {secs} s × {rounds} rounds",
+        if to_client {
+            "peer → client (ChannelData added)"
+        } else {
+            "ChannelData client → peer"
+        },
         match kind {
             GenKind::Xdp => "live XDP frames",
             GenKind::Raw => "AF_PACKET frames",
@@ -571,7 +635,7 @@ fn main() -> anyhow::Result<()> {
             let _c0_pass = (*variant != Variant::Xdp)
                 .then(|| {
                     topo.relay
-                        .enter(|| PassProgram::attach("c0", XdpMode::Native))
+                        .enter(|| PassProgram::attach(rx_dev, XdpMode::Native))
                 })
                 .transpose()?;
             let mut relay = match variant {
@@ -591,23 +655,28 @@ fn main() -> anyhow::Result<()> {
                 // relay. That gives the userspace relays a second core's
                 // help, so the XDP ratios are conservative.
                 if *variant == Variant::Xdp {
-                    napi_on_cpu(&topo.relay, "c0", cpu, false)?;
+                    napi_on_cpu(&topo.relay, rx_dev, cpu, false)?;
                 } else {
-                    napi_on_cpu(&topo.relay, "c0", 1 - cpu, true)?;
+                    napi_on_cpu(&topo.relay, rx_dev, 1 - cpu, true)?;
                 }
                 // Real-time, so the sink always beats the generator it
                 // shares a core with: whatever the relay sends is counted.
-                napi_on_cpu(&topo.peer, "eth0", 1 - cpu, true)?;
+                let sink_ns = if to_client { &topo.client } else { &topo.peer };
+                napi_on_cpu(sink_ns, "eth0", 1 - cpu, true)?;
             }
             let s = measure(&topo, &generator, relay_cpu, senders, size, secs)
                 .with_context(|| format!("{}: {}", variant.name(), relay.output_so_far()))?;
             if *variant == Variant::Xdp {
                 let m = topo.metrics()?;
                 let us = m
-                    .get("keyhole_relay_userspace_datagrams_total{source=\"client_channel_data\"}")
+                    .get(if to_client {
+                        "keyhole_relay_userspace_datagrams_total{source=\"peer\"}"
+                    } else {
+                        "keyhole_relay_userspace_datagrams_total{source=\"client_channel_data\"}"
+                    })
                     .copied()
                     .unwrap_or(0);
-                println!("  (xdp round {round}: userspace saw {us} ChannelData datagrams)");
+                println!("  (xdp round {round}: userspace saw {us} of the load's datagrams)");
             }
             relay.kill()?;
             let p = s.received as f64 / s.secs;
@@ -625,10 +694,19 @@ fn main() -> anyhow::Result<()> {
             );
             let r = round as u32 + 1;
             let name = variant.name();
-            sample("pps", name, "packets/s", p, r)?;
-            sample("mbps", name, "Mbit/s", payload_bits / 1e6, r)?;
+            // The report's rows are client → peer; the other direction
+            // records under its own names.
+            let metric = |m: &str| {
+                if to_client {
+                    format!("{m}_to_client")
+                } else {
+                    m.to_owned()
+                }
+            };
+            sample(&metric("pps"), name, "packets/s", p, r)?;
+            sample(&metric("mbps"), name, "Mbit/s", payload_bits / 1e6, r)?;
             sample(
-                "pps_per_cpu",
+                &metric("pps_per_cpu"),
                 name,
                 "packets per relay CPU-second",
                 p / busy,

@@ -21,10 +21,10 @@ use crate::xdp::{ChannelMirror, FastPath};
 
 /// Work for the event loop from other tasks.
 pub enum Inbound {
+    /// Datagrams (peer, payload) that arrived on relay address `relay`.
     Peer {
         relay: SocketAddr,
-        peer: SocketAddr,
-        data: Vec<u8>,
+        datagrams: Vec<(SocketAddr, Vec<u8>)>,
     },
     TcpOpened {
         client: SocketAddr,
@@ -131,13 +131,17 @@ pub async fn run(
                 let Some(mut msg) = msg else { anyhow::bail!("all inbound senders closed") };
                 let now = Instant::now();
                 // What else is queued goes in the same send batch.
-                for _ in 0..BATCH {
+                let mut handled = 0;
+                loop {
                     match msg {
-                        Inbound::Peer { relay, peer, data } => {
-                            Stats::add(&stats.peer_datagrams, 1);
-                            server.handle_peer_input(now, relay, peer, &data);
-                            // Transmits now, while they are this datagram's.
-                            drain(&mut server, &mut fast, &mut out, &tcp, &stats, Some(data.len()));
+                        Inbound::Peer { relay, datagrams } => {
+                            handled += datagrams.len();
+                            for (peer, data) in datagrams {
+                                Stats::add(&stats.peer_datagrams, 1);
+                                server.handle_peer_input(now, relay, peer, &data);
+                                // Transmits now, while they are this datagram's.
+                                drain(&mut server, &mut fast, &mut out, &tcp, &stats, Some(data.len()));
+                            }
                         }
                         Inbound::TcpOpened { client, tx } => { tcp.insert(client, tx); }
                         Inbound::TcpFrame { client, frame } => server.handle_input(now, client, Transport::Tcp, &frame),
@@ -145,6 +149,10 @@ pub async fn run(
                             tcp.remove(&client);
                             server.handle_connection_closed(client);
                         }
+                    }
+                    handled += 1;
+                    if handled >= BATCH {
+                        break;
                     }
                     match inbound.try_recv() {
                         Ok(next) => msg = next,

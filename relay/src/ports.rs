@@ -150,22 +150,41 @@ impl RelayPortAllocator for SocketPorts {
     }
 }
 
+/// Datagrams one relay socket hands the event loop per message at most.
+const PEER_BATCH: usize = 32;
+
+/// Reads a relay socket: waits for a datagram, then takes what else is
+/// queued without waiting, and hands them over as one message (one channel
+/// send and one event-loop wakeup per burst instead of per datagram).
 async fn read_relay(socket: Arc<UdpSocket>, relay: SocketAddr, inbound: mpsc::Sender<Inbound>) {
     let mut buf = vec![0u8; 65536];
     loop {
+        let mut datagrams = Vec::new();
         match socket.recv_from(&mut buf).await {
-            Ok((n, peer)) => {
-                let msg = Inbound::Peer {
-                    relay,
-                    peer,
-                    data: buf[..n].to_vec(),
-                };
-                if inbound.send(msg).await.is_err() {
-                    return;
+            Ok((n, peer)) => datagrams.push((peer, buf[..n].to_vec())),
+            // ICMP errors surface as recv errors on Linux; keep reading.
+            Err(e) => {
+                tracing::debug!(%relay, error = %e, "relay socket receive error");
+                continue;
+            }
+        }
+        while datagrams.len() < PEER_BATCH {
+            match socket.try_recv_from(&mut buf) {
+                Ok((n, peer)) => datagrams.push((peer, buf[..n].to_vec())),
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                        tracing::debug!(%relay, error = %e, "relay socket receive error");
+                    }
+                    break;
                 }
             }
-            // ICMP errors surface as recv errors on Linux; keep reading.
-            Err(e) => tracing::debug!(%relay, error = %e, "relay socket receive error"),
+        }
+        if inbound
+            .send(Inbound::Peer { relay, datagrams })
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }

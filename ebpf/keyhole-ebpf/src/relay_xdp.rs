@@ -170,6 +170,15 @@ mod prog {
         if proto != IPPROTO_UDP {
             return xdp_action::XDP_PASS;
         }
+        // STUN (first two bits 00) passes: a TURN client behind the sink
+        // still gets its control answers; its ChannelData is counted.
+        if data + udp_at + UDP_LEN + 1 <= end {
+            // SAFETY: bounds checked just above.
+            let first = unsafe { *((data + udp_at + UDP_LEN) as *const u8) };
+            if first & 0xc0 == 0 {
+                return xdp_action::XDP_PASS;
+            }
+        }
         // SAFETY: bounds checked above.
         let len = unsafe { core::ptr::read_unaligned((data + udp_at + 4) as *const [u8; 2]) };
         let payload = u64::from(u16::from_be_bytes(len).saturating_sub(UDP_LEN as u16));

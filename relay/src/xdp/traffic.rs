@@ -55,7 +55,8 @@ impl PassProgram {
 }
 
 /// Counts UDP datagrams and their payload bytes arriving on an interface
-/// and drops them (everything else passes). Dropping it detaches.
+/// and drops them; everything else passes, STUN included (so a TURN client
+/// behind it keeps its control exchange). Dropping it detaches.
 pub struct SinkProgram {
     _ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,

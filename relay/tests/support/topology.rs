@@ -87,6 +87,16 @@ impl Topology {
         Ok(())
     }
 
+    /// As [`sink_at_peer`](Self::sink_at_peer), on the client's eth0.
+    pub fn sink_at_client(&mut self) -> anyhow::Result<()> {
+        self._pass.remove(0);
+        let (sink, _) = self
+            .client
+            .enter(|| SinkProgram::attach("eth0", XdpMode::Native))?;
+        self._sink = Some(sink);
+        Ok(())
+    }
+
     /// The sink [`sink_at_peer`](Self::sink_at_peer) attached.
     pub fn sink(&self) -> Option<&SinkProgram> {
         self._sink.as_ref()
