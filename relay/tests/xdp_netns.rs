@@ -236,33 +236,8 @@ fn unattachable_xdp_falls_back_to_userspace() {
     // No such interface: the relay says so and relays in userspace.
     let topo = Topology::new().expect("topology");
     let relay = topo
-        .relay
-        .spawn(
-            env!("CARGO_BIN_EXE_keyhole-relay"),
-            [
-                "--listen",
-                LISTEN,
-                "--static-auth-secret",
-                SECRET,
-                "--realm",
-                REALM,
-                "--min-port",
-                "50000",
-                "--max-port",
-                "50999",
-                "--no-tcp",
-                "--xdp-iface",
-                "nosuch0",
-                "--xdp-mode",
-                "native",
-                "--metrics-listen",
-                METRICS,
-            ],
-        )
+        .start_keyhole_listening(LISTEN, "nosuch0", "native", None, &[])
         .expect("relay");
-    relay
-        .wait_for_output("keyhole-relay listening", Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}: {}", relay.output_so_far()));
     assert!(
         relay
             .output_so_far()
@@ -419,7 +394,7 @@ mod ipv6 {
     }
 
     fn start(topo: &Topology, mode: &str) -> keyhole_tests_netns::Proc {
-        topo.start_keyhole_listening(LISTEN6, mode, None, &[])
+        topo.start_keyhole_listening(LISTEN6, "c0,p0", mode, None, &[])
             .expect("relay")
     }
 

@@ -78,21 +78,19 @@ impl Topology {
     /// Puts a counting, dropping sink on the peer's eth0 in place of its
     /// pass program, so no receiving stack limits what is measured.
     pub fn sink_at_peer(&mut self) -> anyhow::Result<()> {
-        // The pass programs went on in [client, peer] order.
-        self._pass.truncate(1);
-        let (sink, _) = self
-            .peer
-            .enter(|| SinkProgram::attach("eth0", XdpMode::Native))?;
-        self._sink = Some(sink);
-        Ok(())
+        self.sink_on(1)
     }
 
     /// As [`sink_at_peer`](Self::sink_at_peer), on the client's eth0.
     pub fn sink_at_client(&mut self) -> anyhow::Result<()> {
-        self._pass.remove(0);
-        let (sink, _) = self
-            .client
-            .enter(|| SinkProgram::attach("eth0", XdpMode::Native))?;
+        self.sink_on(0)
+    }
+
+    /// The pass programs went on in [client, peer] order: `side` indexes it.
+    fn sink_on(&mut self, side: usize) -> anyhow::Result<()> {
+        self._pass.remove(side);
+        let ns = if side == 0 { &self.client } else { &self.peer };
+        let (sink, _) = ns.enter(|| SinkProgram::attach("eth0", XdpMode::Native))?;
         self._sink = Some(sink);
         Ok(())
     }
@@ -119,14 +117,15 @@ impl Topology {
         cpu: Option<usize>,
         extra: &[&str],
     ) -> anyhow::Result<Proc> {
-        self.start_keyhole_listening(LISTEN, mode, cpu, extra)
+        self.start_keyhole_listening(LISTEN, "c0,p0", mode, cpu, extra)
     }
 
     /// As [`start_keyhole_with`](Self::start_keyhole_with), listening on
-    /// `listen`.
+    /// `listen`, the fast path on `ifaces`.
     pub fn start_keyhole_listening(
         &self,
         listen: &str,
+        ifaces: &str,
         mode: &str,
         cpu: Option<usize>,
         extra: &[&str],
@@ -144,7 +143,7 @@ impl Topology {
             "50999",
             "--no-tcp",
             "--xdp-iface",
-            "c0,p0",
+            ifaces,
             "--xdp-mode",
             mode,
             "--metrics-listen",
