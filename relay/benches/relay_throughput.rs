@@ -535,23 +535,16 @@ fn main() -> anyhow::Result<()> {
         Ok("to-client") => true,
         Ok(other) => anyhow::bail!("KEYHOLE_BENCH_DIRECTION={other}: want to-peer or to-client"),
     };
-    // The relay's NIC the load arrives on, and the one it leaves by.
-    let (rx_dev, src_ns_is_peer) = if to_client {
-        ("p0", true)
-    } else {
-        ("c0", false)
-    };
+    // The relay's NIC the load arrives on.
+    let rx_dev = if to_client { "p0" } else { "c0" };
     let mut topo = Topology::new()?;
     if to_client {
         topo.sink_at_client()?;
     } else {
         topo.sink_at_peer()?;
     }
-    let src_ns = if src_ns_is_peer {
-        &topo.peer
-    } else {
-        &topo.client
-    };
+    // The namespace the load leaves from (what `Generator::ns` answers).
+    let src_ns = if to_client { &topo.peer } else { &topo.client };
     for k in (0..senders).step_by(2) {
         let (a, b) = (park_iface(k), park_iface(k + 1));
         src_ns.ip([

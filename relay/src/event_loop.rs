@@ -71,7 +71,8 @@ const BATCH: usize = 256;
 pub async fn run(
     config: ServerConfig,
     listener: UdpSocket,
-    gro: bool,
+    // UDP GSO on sends and GRO on the listener (off: --no-udp-offload).
+    offload: bool,
     ports: SocketPorts,
     mut inbound: mpsc::Receiver<Inbound>,
     stats: Arc<Stats>,
@@ -84,7 +85,9 @@ pub async fn run(
     let mut server = Server::new(config, ports, Instant::now(), unix_now);
     let mut tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut recv = batch::RecvBatch::default();
-    if gro && let Err(e) = batch::enable_gro(listener.as_raw_fd()) {
+    if !offload {
+        batch::disable_gso();
+    } else if let Err(e) = batch::enable_gro(listener.as_raw_fd()) {
         tracing::info!(error = %e, "UDP GRO unavailable on the listener");
     }
     let mut out = Outbox::default();

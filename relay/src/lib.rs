@@ -220,9 +220,6 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         "keyhole-relay listening"
     );
     let fast = event_loop::FastPathSync { fast_path, mirror };
-    if args.no_udp_offload {
-        batch::disable_gso();
-    }
-    let gro = !args.no_udp_offload;
-    event_loop::run(config, listener, gro, ports, rx, stats, fast).await
+    let offload = !args.no_udp_offload;
+    event_loop::run(config, listener, offload, ports, rx, stats, fast).await
 }

@@ -159,25 +159,25 @@ const PEER_BATCH: usize = 32;
 async fn read_relay(socket: Arc<UdpSocket>, relay: SocketAddr, inbound: mpsc::Sender<Inbound>) {
     let mut buf = vec![0u8; 65536];
     loop {
-        let mut datagrams = Vec::new();
-        match socket.recv_from(&mut buf).await {
-            Ok((n, peer)) => datagrams.push((peer, buf[..n].to_vec())),
-            // ICMP errors surface as recv errors on Linux; keep reading.
-            Err(e) => {
-                tracing::debug!(%relay, error = %e, "relay socket receive error");
-                continue;
-            }
+        if let Err(e) = socket.readable().await {
+            tracing::debug!(%relay, error = %e, "relay socket readiness error");
+            continue;
         }
+        let mut datagrams = Vec::new();
         while datagrams.len() < PEER_BATCH {
             match socket.try_recv_from(&mut buf) {
                 Ok((n, peer)) => datagrams.push((peer, buf[..n].to_vec())),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // ICMP errors surface as recv errors on Linux: hand over
+                // what came before, then keep reading.
                 Err(e) => {
-                    if e.kind() != std::io::ErrorKind::WouldBlock {
-                        tracing::debug!(%relay, error = %e, "relay socket receive error");
-                    }
+                    tracing::debug!(%relay, error = %e, "relay socket receive error");
                     break;
                 }
             }
+        }
+        if datagrams.is_empty() {
+            continue;
         }
         if inbound
             .send(Inbound::Peer { relay, datagrams })
